@@ -1,0 +1,5 @@
+"""Custom TFX components: the spec-driven ExampleGen executor, FeatureSelector, MSMT Trainer."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

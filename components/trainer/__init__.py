@@ -1,0 +1,5 @@
+"""The MSMT Trainer: TFX's generic Trainer that also takes a FeatureSelection."""
+
+from components.trainer.component import MSMTTrainer
+
+__all__ = ["MSMTTrainer"]

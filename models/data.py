@@ -1,0 +1,78 @@
+"""Reading Transform's output: vocabulary sizes, scenario names, batched datasets."""
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models import features
+from models.factory import DataInfo
+from pipeline.specs import DatasetSpec
+
+
+def field_vocab_sizes(tft_output: tft.TFTransformOutput, spec: DatasetSpec) -> List[int]:
+    """Id range of every field: vocabulary + OOV ids, or buckets + the missing id."""
+    sizes = []
+    for field in spec.categorical_fields:
+        size = tft_output.vocabulary_size_by_name(features.vocabulary_name(field.name))
+        sizes.append(int(size) + field.num_oov_buckets)
+    sizes += [field.buckets + 1 for field in spec.numerical_fields]
+    return sizes
+
+
+def scenario_names(tft_output: tft.TFTransformOutput) -> List[str]:
+    """Scenario keys in scenario-id order."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else v
+            for v in tft_output.vocabulary_by_name(features.SCENARIO_VOCABULARY)]
+
+
+def transformed_files(examples_uri: str, split: str) -> List[str]:
+    return tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
+
+
+def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetSpec,
+                 batch_size: int, shuffle: bool = False, seed: int = 0,
+                 num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    """``(features, {task: label [batch, 1]})`` batches from transformed tf.Examples."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
+    if not files:
+        raise ValueError(f"no transformed examples match {patterns}")
+    feature_spec = tft_output.transformed_feature_spec()
+    dataset = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP",
+                                      num_parallel_reads=tf.data.AUTOTUNE)
+    if shuffle:
+        dataset = dataset.shuffle(buffer_size=max(4 * batch_size, 10_000), seed=seed)
+    dataset = dataset.repeat(num_epochs).batch(batch_size)
+    labels = [features.label_key(t) for t in spec.task_names]
+
+    def split(serialized):
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        targets = {t: tf.reshape(parsed.pop(t), [-1, 1]) for t in labels}
+        return parsed, targets
+
+    return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def count_scenarios(dataset: tf.data.Dataset, num_scenarios: int) -> np.ndarray:
+    """Examples per scenario id (the unseen-scenario id excluded) in one pass."""
+    counts = np.zeros(num_scenarios + 1, np.int64)
+    for features_batch, _ in dataset:
+        ids = features_batch[features.SCENARIO_ID].numpy()
+        counts += np.bincount(ids, minlength=num_scenarios + 1)[: num_scenarios + 1]
+    return counts[:num_scenarios]
+
+
+def data_info(tft_output: tft.TFTransformOutput, spec: DatasetSpec,
+              scenario_counts: Sequence[int],
+              field_mask: Optional[Sequence[float]] = None) -> DataInfo:
+    names = scenario_names(tft_output)
+    counts = np.asarray(scenario_counts, np.float64)
+    prior = counts / counts.sum() if counts.sum() > 0 else np.full(len(names), 1.0 / len(names))
+    return DataInfo(
+        field_names=tuple(spec.field_names), vocab_sizes=tuple(field_vocab_sizes(tft_output, spec)),
+        task_names=tuple(spec.task_names), scenario_names=tuple(names),
+        scenario_prior=tuple(float(p) for p in prior),
+        field_mask=None if field_mask is None else tuple(float(m) for m in field_mask))

@@ -1,0 +1,8 @@
+"""Keras layers for multi-scenario multi-task models, one concept per layer."""
+
+from models.layers.core import (FieldEmbedding, MLP, ParallelMLP, ScenarioSelect,
+                                SoftmaxGate, mix_experts)
+from models.layers.mmoe import MultiScenarioMMoE
+
+__all__ = ["FieldEmbedding", "MLP", "ParallelMLP", "ScenarioSelect", "SoftmaxGate",
+           "mix_experts", "MultiScenarioMMoE"]

@@ -1,0 +1,204 @@
+"""Building blocks shared by every MSMT architecture: embedding, MLPs, gates, heads."""
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class FieldEmbedding(keras.layers.Layer):
+    """Looks up every field in one fused table (field offsets), with an optional field mask.
+
+    Inputs: ``field_ids`` int ``[batch, num_fields]``, each column in its own
+    vocabulary ``[0, vocab_sizes[f])``.
+    Output: ``[batch, num_fields, embedding_dim]``. Fields whose ``field_mask`` is 0
+    contribute zeros (and receive no gradient).
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], embedding_dim: int,
+                 field_mask: Optional[Sequence[float]] = None,
+                 embeddings_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.embedding_dim = int(embedding_dim)
+        self.field_mask = None if field_mask is None else [float(m) for m in field_mask]
+        if self.field_mask is not None and len(self.field_mask) != len(self.vocab_sizes):
+            raise ValueError(f"field_mask has {len(self.field_mask)} entries for "
+                             f"{len(self.vocab_sizes)} fields")
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        offsets = [0]
+        for size in self.vocab_sizes[:-1]:
+            offsets.append(offsets[-1] + size)
+        self._offsets = tf.constant(offsets, tf.int64)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(sum(self.vocab_sizes), self.embedding_dim),
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05),
+            regularizer=self.embeddings_regularizer)
+        super().build(input_shape)
+
+    def call(self, field_ids):
+        field_ids = tf.cast(field_ids, tf.int64)
+        # Ids outside a field's vocabulary would read a neighbour's rows: clip them.
+        upper = tf.constant(self.vocab_sizes, tf.int64) - 1
+        field_ids = tf.clip_by_value(field_ids, 0, upper)
+        embedded = tf.gather(self.embeddings, field_ids + self._offsets)
+        if self.field_mask is not None:
+            embedded *= tf.constant(self.field_mask, embedded.dtype)[:, None]
+        return embedded
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_sizes": self.vocab_sizes,
+                "embedding_dim": self.embedding_dim, "field_mask": self.field_mask,
+                "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer)}
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class MLP(keras.layers.Layer):
+    """A stack of dense layers: ``[batch, d_in] -> [batch, units[-1]]``."""
+
+    def __init__(self, units: Sequence[int], activation: str = "relu", dropout: float = 0.0,
+                 output_activation: Optional[str] = "same", **kwargs):
+        super().__init__(**kwargs)
+        self.units = [int(u) for u in units]
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.output_activation = output_activation
+        last_activation = activation if output_activation == "same" else output_activation
+        self._dense = [keras.layers.Dense(u, activation=activation if i < len(self.units) - 1
+                                          else last_activation, name=f"dense_{i}")
+                       for i, u in enumerate(self.units)]
+        self._dropout = [keras.layers.Dropout(self.dropout) for _ in self.units]
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for dense, dropout in zip(self._dense, self._dropout):
+            x = dense(x)
+            if self.dropout:
+                x = dropout(x, training=training)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation,
+                "dropout": self.dropout, "output_activation": self.output_activation}
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class ParallelMLP(keras.layers.Layer):
+    """``num_blocks`` independent MLPs evaluated as one batched matmul per layer.
+
+    Used for a set of experts (shared input) and for a set of towers (one input
+    per block), without a Python loop over blocks.
+
+    Inputs: ``[batch, d_in]`` (every block reads the same input) or
+    ``[batch, num_blocks, d_in]`` (block ``k`` reads slice ``k``).
+    Output: ``[batch, num_blocks, units[-1]]``.
+    """
+
+    def __init__(self, num_blocks: int, units: Sequence[int], activation: str = "relu",
+                 dropout: float = 0.0, output_activation: Optional[str] = "same", **kwargs):
+        super().__init__(**kwargs)
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        self.num_blocks = int(num_blocks)
+        self.units = [int(u) for u in units]
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.output_activation = output_activation
+        self._dropout = keras.layers.Dropout(self.dropout)
+
+    def build(self, input_shape):
+        d_in = int(input_shape[-1])
+        self.kernels, self.biases = [], []
+        for i, u in enumerate(self.units):
+            self.kernels.append(self.add_weight(
+                name=f"kernel_{i}", shape=(self.num_blocks, d_in, u),
+                initializer=keras.initializers.GlorotUniform()))
+            self.biases.append(self.add_weight(name=f"bias_{i}", shape=(self.num_blocks, u),
+                                               initializer="zeros"))
+            d_in = u
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        last = len(self.units) - 1
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            if x.shape.rank == 2:
+                x = tf.einsum("bi,kio->bko", x, kernel)
+            else:
+                x = tf.einsum("bki,kio->bko", x, kernel)
+            x += bias
+            activation = (self.activation if i < last or self.output_activation == "same"
+                          else self.output_activation)
+            x = keras.activations.get(activation)(x)
+            if self.dropout:
+                x = self._dropout(x, training=training)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "num_blocks": self.num_blocks, "units": self.units,
+                "activation": self.activation, "dropout": self.dropout,
+                "output_activation": self.output_activation}
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class SoftmaxGate(keras.layers.Layer):
+    """``num_gates`` softmax gates over ``num_experts`` experts (MMoE eq. 5).
+
+    Input: ``[batch, d_in]``. Output: gate weights ``[batch, num_gates, num_experts]``,
+    each row summing to 1.
+    """
+
+    def __init__(self, num_gates: int, num_experts: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_gates = int(num_gates)
+        self.num_experts = int(num_experts)
+        self._dense = keras.layers.Dense(self.num_gates * self.num_experts, name="gate")
+
+    def call(self, inputs):
+        logits = tf.reshape(self._dense(inputs), [-1, self.num_gates, self.num_experts])
+        return tf.nn.softmax(logits, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "num_gates": self.num_gates,
+                "num_experts": self.num_experts}
+
+
+def mix_experts(gate_weights, expert_outputs):
+    """``[B, G, E] x [B, E, H] -> [B, G, H]``: each gate's weighted sum of experts."""
+    return tf.einsum("bge,beh->bgh", gate_weights, expert_outputs)
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class ScenarioSelect(keras.layers.Layer):
+    """Picks each example's own-scenario prediction out of the all-scenario logits.
+
+    Inputs: ``logits`` ``[batch, num_scenarios, num_tasks]`` and ``scenario_id``
+    ``[batch]`` in ``[0, num_scenarios]``, where ``num_scenarios`` is the
+    out-of-vocabulary id of a scenario never seen in training.
+    Output: probabilities ``[batch, num_tasks]``. For an unseen scenario the
+    output is the traffic-share-weighted mean of the known scenarios'
+    probabilities (``scenario_prior``), the documented serving behaviour.
+    """
+
+    def __init__(self, scenario_prior: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        prior = [float(p) for p in scenario_prior]
+        total = sum(prior)
+        if not prior or total <= 0:
+            raise ValueError("scenario_prior must be non-empty with a positive sum")
+        self.scenario_prior = [p / total for p in prior]
+
+    def call(self, logits, scenario_id):
+        num_scenarios = len(self.scenario_prior)
+        probabilities = tf.sigmoid(logits)
+        own = tf.one_hot(tf.cast(scenario_id, tf.int32), num_scenarios, dtype=logits.dtype)
+        known = tf.reduce_sum(own, axis=-1, keepdims=True)
+        prior = tf.constant(self.scenario_prior, logits.dtype)[None, :]
+        weights = own + (1.0 - known) * prior  # [B, S]
+        return tf.einsum("bs,bst->bt", weights, probabilities)
+
+    def get_config(self):
+        return {**super().get_config(), "scenario_prior": self.scenario_prior}

@@ -1,0 +1,49 @@
+"""MMoE (Ma et al., KDD'18) with one gate and one tower per (scenario, task)."""
+
+from typing import Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from models.layers.core import ParallelMLP, SoftmaxGate, mix_experts
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class MultiScenarioMMoE(keras.layers.Layer):
+    """Shared experts; a softmax gate and a tower for every (scenario, task) head.
+
+    Inputs: ``x`` ``[batch, d_in]`` (the flattened field embeddings) and
+    ``scenario_id`` ``[batch]`` (unused: every head is computed; the caller picks
+    the example's own scenario, so other scenarios' gates and towers get exactly
+    zero gradient).
+    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``.
+    """
+
+    def __init__(self, num_scenarios: int, num_tasks: int, num_experts: int = 4,
+                 expert_units: Sequence[int] = (128, 64), tower_units: Sequence[int] = (32,),
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_scenarios, self.num_tasks = int(num_scenarios), int(num_tasks)
+        self.num_experts = int(num_experts)
+        self.expert_units = [int(u) for u in expert_units]
+        self.tower_units = [int(u) for u in tower_units]
+        self.dropout = float(dropout)
+        num_heads = self.num_scenarios * self.num_tasks
+        self.experts = ParallelMLP(self.num_experts, self.expert_units, dropout=self.dropout,
+                                   name="experts")
+        self.gates = SoftmaxGate(num_heads, self.num_experts, name="gates")
+        self.towers = ParallelMLP(num_heads, self.tower_units + [1], dropout=0.0,
+                                  output_activation=None, name="towers")
+
+    def call(self, x, scenario_id=None, training=None):
+        expert_outputs = self.experts(x, training=training)  # [B, E, H]
+        gate_weights = self.gates(x)  # [B, S*T, E]
+        mixed = mix_experts(gate_weights, expert_outputs)  # [B, S*T, H]
+        logits = self.towers(mixed, training=training)  # [B, S*T, 1]
+        return tf.reshape(logits, [-1, self.num_scenarios, self.num_tasks])
+
+    def get_config(self):
+        return {**super().get_config(), "num_scenarios": self.num_scenarios,
+                "num_tasks": self.num_tasks, "num_experts": self.num_experts,
+                "expert_units": self.expert_units, "tower_units": self.tower_units,
+                "dropout": self.dropout}

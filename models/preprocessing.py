@@ -1,0 +1,60 @@
+"""preprocessing_fn: vocabularies, quantile buckets, the scenario id, labels passed through.
+
+Every field becomes an int64 id ``[batch]`` in its own range:
+- categorical: a frequency-ranked vocabulary (``frequency_threshold``, ``top_k``)
+  plus ``num_oov_buckets`` ids for values never seen in training;
+- numerical: ``buckets`` quantile buckets; a missing or NaN value gets its own
+  id, ``buckets`` (it is neither dropped nor imputed);
+- the scenario (the hierarchy's columns joined with "/") a vocabulary with one
+  OOV id, ``num_scenarios``, for a scenario unseen in training; each coarser
+  level of a hierarchy gets its own id as well.
+"""
+
+from typing import Any, Dict
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from models import features
+from pipeline.specs import DatasetSpec
+
+
+def _dense(x: Any, default) -> tf.Tensor:
+    """``[batch]`` from a ``[batch, 1]`` dense or a sparse feature (missing -> default)."""
+    if isinstance(x, tf.SparseTensor):
+        x = tf.sparse.to_dense(tf.sparse.reset_shape(x, [x.dense_shape[0], 1]), default_value=default)
+    return tf.reshape(x, [-1])
+
+
+def scenario_key(inputs: Dict[str, Any], spec: DatasetSpec, depth: int) -> tf.Tensor:
+    """The scenario path down to level ``depth`` (exclusive), e.g. ``"ch0/s3"``."""
+    parts = [_dense(inputs[c], b"") for c in spec.scenario_columns[:depth]]
+    return parts[0] if len(parts) == 1 else tf.strings.join(parts, separator=features.SCENARIO_SEPARATOR)
+
+
+def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]:
+    outputs = {}
+    for field in spec.categorical_fields:
+        outputs[field.name] = tft.compute_and_apply_vocabulary(
+            _dense(inputs[field.name], b""), top_k=field.top_k,
+            frequency_threshold=field.frequency_threshold,
+            num_oov_buckets=field.num_oov_buckets,
+            vocab_filename=features.vocabulary_name(field.name))
+    for field in spec.numerical_fields:
+        x = tf.cast(_dense(inputs[field.name], float("nan")), tf.float32)
+        missing = tf.logical_not(tf.math.is_finite(x))
+        filled = tf.where(missing, tf.zeros_like(x), x)
+        buckets = tft.bucketize(filled, field.buckets,
+                                weights=1.0 - tf.cast(missing, tf.float32))
+        outputs[field.name] = tf.where(missing, tf.cast(field.buckets, tf.int64), buckets)
+    depth = len(spec.scenario_columns)
+    outputs[features.SCENARIO_ID] = tft.compute_and_apply_vocabulary(
+        scenario_key(inputs, spec, depth), num_oov_buckets=1,
+        vocab_filename=features.SCENARIO_VOCABULARY)
+    for level in range(depth - 1):
+        outputs[features.scenario_level_id(level)] = tft.compute_and_apply_vocabulary(
+            scenario_key(inputs, spec, level + 1), num_oov_buckets=1,
+            vocab_filename=f"{features.SCENARIO_VOCABULARY}_level_{level}")
+    for task in spec.task_names:
+        outputs[features.label_key(task)] = tf.cast(_dense(inputs[task], 0), tf.float32)
+    return outputs

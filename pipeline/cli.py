@@ -1,0 +1,211 @@
+"""The `msmt` command line: a thin layer over functions the tests call directly."""
+
+import argparse
+import dataclasses
+import glob
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from typing import List, Optional
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Google client libraries warn about Python versions at every import, in every Beam worker.
+os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+from pipeline import specs  # noqa: E402
+
+DEFAULT_OUTPUT_DIR = "msmt_runs"
+
+
+def _user_errors():
+    """Exceptions that are the user's to fix: printed as one message, no traceback."""
+    from components.example_gen.executor import BadInputError
+    from components.feature_selector.artifact import SelectionMismatchError
+    from components.feature_selector.executor import AnomaliesFoundError
+    from pipeline.preflight import InputError
+    return (specs.SpecError, InputError, BadInputError, AnomaliesFoundError,
+            SelectionMismatchError, FileNotFoundError)
+
+
+def ensure_synthetic_data(spec: specs.DatasetSpec, rows: int, seed: int) -> None:
+    """Generates the built-in synthetic data where the spec expects it, if absent."""
+    from pipeline import synthetic
+    target = spec.files[0].path
+    if os.path.exists(target):
+        return
+    print(f"Generating {rows} synthetic rows into {os.path.dirname(target)} ...", flush=True)
+    synthetic.generate(os.path.dirname(target), synthetic.SyntheticConfig(rows=rows, seed=seed))
+
+
+def build_config(args) -> "configs.PipelineConfig":
+    from pipeline import configs
+    dataset = specs.load_dataset_spec(args.dataset)
+    if args.data:
+        dataset = dataset.with_files(args.data)
+    model = specs.load_model_spec(args.model)
+    if args.epochs:
+        model = dataclasses.replace(model, training=tuple(sorted(
+            {**model.training_dict, "epochs": args.epochs}.items())))
+    return configs.PipelineConfig(
+        dataset=dataset, model=model, output_dir=args.output_dir, selector=args.selector,
+        beam_workers=args.beam_workers, enable_cache=not args.no_cache)
+
+
+def cmd_run(args) -> int:
+    from pipeline import configs, preflight, report
+    config = build_config(args)
+    from models.factory import resolve_hparams
+    resolve_hparams(config.model)  # A bad hyper-parameter fails now, not after Transform.
+    if config.dataset.name == "synthetic" and not args.data:
+        ensure_synthetic_data(config.dataset, args.rows, args.seed)
+    preflight.check_inputs(config.dataset)
+    os.makedirs(config.run_dir, exist_ok=True)
+    log_path = os.path.join(config.run_dir, f"run-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    _log_to_file(log_path, args.verbose)
+    print(f"Running pipeline {config.pipeline_name} (dataset {config.dataset.name}, model "
+          f"{config.model.name}, selector {config.selector}); log: {log_path}", flush=True)
+    start = time.time()
+    from pipeline import local_runner
+    try:
+        local_runner.run(config)
+    finally:
+        print(f"Pipeline wall time: {time.time() - start:.1f} s", flush=True)
+    result = report.load_run(config.metadata_path, config.dataset)
+    print(report.summary(result, config.run_dir, report.read_oracle_auc(config.dataset)))
+    return 0
+
+
+def _log_to_file(path: str, verbose: bool) -> None:
+    from absl import logging as absl_logging
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    for h in root.handlers:
+        if h is not handler and not verbose:
+            h.setLevel(logging.WARNING)
+    if not verbose:
+        absl_logging.get_absl_handler().setLevel(logging.WARNING)
+
+
+def cmd_generate(args) -> int:
+    from pipeline import synthetic
+    config = synthetic.SyntheticConfig(rows=args.rows, seed=args.seed,
+                                       num_scenarios=args.scenarios)
+    truth = synthetic.generate(args.output, config)
+    print(f"Wrote {args.rows} rows to {os.path.join(args.output, 'data.csv.gz')} and "
+          f"{os.path.join(args.output, 'ground_truth.json')}")
+    print("Oracle AUC per scenario x task:")
+    for scenario, values in truth["oracle_auc"].items():
+        print(f"  {scenario:>8}: " + ", ".join(f"{t} {v:.4f}" for t, v in values.items()))
+    return 0
+
+
+def _run_dir(path: str) -> str:
+    if os.path.exists(os.path.join(path, "metadata.sqlite")):
+        return path
+    candidates = glob.glob(os.path.join(path, "*", "metadata.sqlite"))
+    if len(candidates) == 1:
+        return os.path.dirname(candidates[0])
+    raise FileNotFoundError(f"{path} is not a run directory (no metadata.sqlite)"
+                            + (f"; it holds several runs: {candidates}" if candidates else ""))
+
+
+def tensorboard_logdir(run_dir: str) -> str:
+    """Every Trainer run of the pipeline, one TensorBoard run each."""
+    return os.path.join(_run_dir(run_dir), "pipeline_root", "MSMTTrainer", "model_run")
+
+
+def cmd_tensorboard(args) -> int:
+    logdir = tensorboard_logdir(args.run)
+    command = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", logdir,
+               "--host", args.host, "--port", str(args.port)]
+    print(" ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def cmd_report(args) -> int:
+    from pipeline import report
+    run_dir = _run_dir(args.run)
+    spec = specs.load_dataset_spec(args.dataset)
+    result = report.load_run(os.path.join(run_dir, "metadata.sqlite"), spec)
+    print(report.summary(result, run_dir, report.read_oracle_auc(spec)))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from pipeline import preflight
+    spec = specs.load_dataset_spec(args.dataset)
+    if args.data:
+        spec = spec.with_files(args.data)
+    files = preflight.check_inputs(spec)
+    print(f"{spec.source}: valid; {len(files)} file(s), {len(spec.field_names)} fields, "
+          f"scenario {'/'.join(spec.scenario_columns)}, tasks {', '.join(spec.task_names)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msmt", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally and print the results")
+    run.add_argument("--dataset", default="synthetic", help="built-in spec name or spec file")
+    run.add_argument("--data", nargs="+", help="read these files instead of the spec's")
+    run.add_argument("--model", default="mmoe", help="built-in model spec name or spec file")
+    run.add_argument("--selector", default="saliency", choices=["saliency", "none"])
+    run.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    run.add_argument("--beam-workers", type=int, default=2)
+    run.add_argument("--epochs", type=int, help="override the model spec's epochs")
+    run.add_argument("--rows", type=int, default=50_000, help="synthetic rows, when generated")
+    run.add_argument("--seed", type=int, default=0, help="synthetic data seed, when generated")
+    run.add_argument("--no-cache", action="store_true")
+    run.add_argument("--verbose", action="store_true", help="component logs on the terminal too")
+    run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="write synthetic MSMT data with its ground truth")
+    gen.add_argument("--rows", type=int, default=50_000)
+    gen.add_argument("--output", required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--scenarios", type=int, default=5)
+    gen.set_defaults(func=cmd_generate)
+
+    board = sub.add_parser("tensorboard", help="open TensorBoard on a run's training logs")
+    board.add_argument("run", help="a run directory (or the output dir holding one run)")
+    board.add_argument("--host", default="127.0.0.1")
+    board.add_argument("--port", type=int, default=6006)
+    board.set_defaults(func=cmd_tensorboard)
+
+    rep = sub.add_parser("report", help="print a finished run's per scenario x task table")
+    rep.add_argument("run")
+    rep.add_argument("--dataset", default="synthetic")
+    rep.set_defaults(func=cmd_report)
+
+    check = sub.add_parser("check", help="validate a dataset spec against its files")
+    check.add_argument("--dataset", default="synthetic")
+    check.add_argument("--data", nargs="+")
+    check.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"msmt {args.command}: error: {e}", file=sys.stderr)
+        if args.command == "run":
+            print("Nothing already produced was removed: finished components' outputs stay in "
+                  f"the run directory and are reused from cache on the next run.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""create_pipeline: instantiates and wires the components, nothing else."""
+
+from typing import Any, Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+
+from components.example_gen.executor import make_example_gen
+from components.feature_selector import FeatureSelector
+from components.trainer import MSMTTrainer
+from pipeline.specs import DatasetSpec
+
+
+def create_pipeline(
+    pipeline_name: str,
+    pipeline_root: str,
+    dataset_spec: DatasetSpec,
+    custom_config: Dict[str, Any],
+    preprocessing_fn: str,
+    run_fn: str,
+    selector_method: str,
+    selector_params: Dict[str, Any],
+    eval_config: tfma.EvalConfig,
+    serving_model_dir: str,
+    beam_pipeline_args: List[str],
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    enable_cache: bool = True,
+) -> tfx.dsl.Pipeline:
+    example_gen = make_example_gen(dataset_spec)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=preprocessing_fn, custom_config=custom_config,
+        disable_statistics=True)  # StatisticsGen has already made the one pass needed.
+    feature_selector = FeatureSelector(
+        transformed_examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        anomalies=example_validator.outputs["anomalies"],
+        dataset_spec_json=custom_config["dataset_spec"], method=selector_method,
+        params=selector_params)
+    trainer = MSMTTrainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        feature_selection=feature_selector.outputs["feature_selection"],
+        run_fn=run_fn, custom_config=custom_config)
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"], schema=schema_gen.outputs["schema"],
+        eval_config=eval_config)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+                    feature_selector, trainer, latest_blessed_model, evaluator, pusher],
+        enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args)
