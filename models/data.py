@@ -34,8 +34,13 @@ def transformed_files(examples_uri: str, split: str) -> List[str]:
 
 def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetSpec,
                  batch_size: int, shuffle: bool = False, seed: int = 0,
-                 num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-    """``(features, {task: label [batch, 1]})`` batches from transformed tf.Examples."""
+                 num_epochs: Optional[int] = 1,
+                 scenario_weights: Optional[Sequence[float]] = None) -> tf.data.Dataset:
+    """``(features, {task: label [batch, 1]})`` batches from transformed tf.Examples.
+
+    With ``scenario_weights`` (one per scenario id, unseen included) the batches
+    are ``(features, labels, {task: weight [batch, 1]})``.
+    """
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
     if not files:
@@ -51,7 +56,10 @@ def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetS
     def split(serialized):
         parsed = tf.io.parse_example(serialized, feature_spec)
         targets = {t: tf.reshape(parsed.pop(t), [-1, 1]) for t in labels}
-        return parsed, targets
+        if scenario_weights is None:
+            return parsed, targets
+        weight = tf.gather(tf.constant(scenario_weights, tf.float32), parsed[features.SCENARIO_ID])
+        return parsed, targets, {t: weight[:, None] for t in labels}
 
     return dataset.map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -59,10 +67,16 @@ def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetS
 def count_scenarios(dataset: tf.data.Dataset, num_scenarios: int) -> np.ndarray:
     """Examples per scenario id (the unseen-scenario id excluded) in one pass."""
     counts = np.zeros(num_scenarios + 1, np.int64)
-    for features_batch, _ in dataset:
-        ids = features_batch[features.SCENARIO_ID].numpy()
+    for batch in dataset:
+        ids = batch[0][features.SCENARIO_ID].numpy()
         counts += np.bincount(ids, minlength=num_scenarios + 1)[: num_scenarios + 1]
     return counts[:num_scenarios]
+
+
+def scenario_level_sizes(tft_output: tft.TFTransformOutput, spec: DatasetSpec) -> List[int]:
+    """Id range (vocabulary + OOV) of each coarser level of the scenario hierarchy."""
+    return [int(tft_output.vocabulary_size_by_name(f"{features.SCENARIO_VOCABULARY}_level_{i}")) + 1
+            for i in range(len(spec.scenario_columns) - 1)]
 
 
 def data_info(tft_output: tft.TFTransformOutput, spec: DatasetSpec,
@@ -75,4 +89,6 @@ def data_info(tft_output: tft.TFTransformOutput, spec: DatasetSpec,
         field_names=tuple(spec.field_names), vocab_sizes=tuple(field_vocab_sizes(tft_output, spec)),
         task_names=tuple(spec.task_names), scenario_names=tuple(names),
         scenario_prior=tuple(float(p) for p in prior),
-        field_mask=None if field_mask is None else tuple(float(m) for m in field_mask))
+        field_mask=None if field_mask is None else tuple(float(m) for m in field_mask),
+        task_parents=tuple(t.depends_on for t in spec.tasks),
+        scenario_level_sizes=tuple(scenario_level_sizes(tft_output, spec)))

@@ -1,4 +1,24 @@
-"""Builds any MSMT model from a model spec and what Transform learnt about the data."""
+"""Builds any MSMT model from a model spec and what Transform learnt about the data.
+
+Every architecture is a *backbone* layer registered in ``ARCHITECTURES``:
+
+- constructor: ``num_scenarios``, ``num_tasks``, the data-derived context
+  arguments it declares (``Architecture.context``: any of ``num_fields``,
+  ``embedding_dim``, ``scenario_level_sizes``, ``scenario_prior``) and its
+  hyper-parameters from the model spec;
+- ``call(inputs, training)`` with ``inputs`` a dict of
+  ``embedded`` ``[batch, num_fields, embedding_dim]`` (field embeddings, masked
+  by the feature selection), ``scenario_id`` ``[batch]`` (``num_scenarios`` for
+  a scenario unseen in training) and ``scenario_levels`` ``[batch, levels]``
+  (ids of the coarser levels of a scenario hierarchy, coarse to fine; zero
+  columns without a hierarchy);
+- returns ``task_logits`` ``[batch, num_scenarios, num_tasks]``, auxiliary losses
+  via ``add_loss``.
+
+The model around it is the same for all: one fused embedding table, the
+backbone, ``TaskProbabilities`` (ESMM composition when the spec asks for it)
+and ``ScenarioSelect`` (each example's own scenario; outputs ``{task: [batch, 1]}``).
+"""
 
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -7,8 +27,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models import features
-from models.layers import FieldEmbedding, MultiScenarioMMoE, ScenarioSelect
+from models.layers import FieldEmbedding, MultiScenarioMMoE, ScenarioSelect, TaskProbabilities
 from pipeline.specs import ModelSpec, SpecError, _suggest
+
+CONTEXT_ARGUMENTS = ("num_fields", "embedding_dim", "scenario_level_sizes", "scenario_prior")
+BACKBONE_LAYER = "backbone"
+PROBABILITIES_LAYER = "task_probabilities"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +45,8 @@ class DataInfo:
     scenario_names: Tuple[str, ...]  # In scenario-id order; id len(...) is "unseen".
     scenario_prior: Tuple[float, ...]  # Each scenario's share of the training data.
     field_mask: Optional[Tuple[float, ...]] = None  # 1 keeps a field, 0 drops it.
+    task_parents: Tuple[Optional[str], ...] = ()  # depends_on per task (None: independent).
+    scenario_level_sizes: Tuple[int, ...] = ()  # Id range of each coarser hierarchy level.
 
     @property
     def num_scenarios(self) -> int:
@@ -29,23 +55,48 @@ class DataInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
+    """A registered backbone: its layer, hyper-parameters (type, default) and context."""
+
     layer: Callable[..., keras.layers.Layer]
-    hparams: Mapping[str, Tuple[type, Any]]  # name -> (type, default)
+    hparams: Mapping[str, Tuple[type, Any]]
+    context: Tuple[str, ...] = ()
+    # Optional step before building (e.g. an architecture search):
+    # prepare(spec, data_info, train_dataset, eval_dataset, log_dir) -> ModelSpec to build.
+    prepare: Optional[Callable[..., ModelSpec]] = None
+    validate: Optional[Callable[[Dict[str, Any]], Optional[str]]] = None  # -> error or None
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register(name: str, architecture: Architecture) -> None:
+    for key in architecture.context:
+        if key not in CONTEXT_ARGUMENTS:
+            raise ValueError(f"{name}: unknown context argument {key!r}")
+    ARCHITECTURES[name] = architecture
+
+
+register("mmoe", Architecture(MultiScenarioMMoE, {
+    "num_experts": (int, 4),
+    "expert_units": (list, (128, 64)),
+    "tower_units": (list, (32,)),
+    "dropout": (float, 0.0),
+}))
 
 
 def _positive_int_list(value) -> bool:
     return (isinstance(value, (list, tuple)) and len(value) > 0
-            and all(isinstance(v, int) and v > 0 for v in value))
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
-ARCHITECTURES: Dict[str, Architecture] = {
-    "mmoe": Architecture(MultiScenarioMMoE, {
-        "num_experts": (int, 4),
-        "expert_units": (list, (128, 64)),
-        "tower_units": (list, (32,)),
-        "dropout": (float, 0.0),
-    }),
-}
+def _check_type(kind: type, value: Any) -> bool:
+    if kind is list:
+        return _positive_int_list(value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def resolve_hparams(spec: ModelSpec) -> Dict[str, Any]:
@@ -55,61 +106,94 @@ def resolve_hparams(spec: ModelSpec) -> Dict[str, Any]:
                         f"unknown architecture {spec.architecture!r}"
                         f"{_suggest(spec.architecture, list(ARCHITECTURES))}; "
                         f"known: {', '.join(sorted(ARCHITECTURES))}")
-    known = ARCHITECTURES[spec.architecture].hparams
-    values = {name: default for name, (_, default) in known.items()}
+    architecture = ARCHITECTURES[spec.architecture]
+    known = architecture.hparams
+    values = {name: (list(default) if kind is list else default)
+              for name, (kind, default) in known.items()}
     for name, value in spec.hparams:
         if name not in known:
             raise SpecError(spec.source, f"hparams.{name}",
                             f"not a hyper-parameter of {spec.architecture}"
                             f"{_suggest(name, list(known))}; known: {', '.join(sorted(known))}")
         kind = known[name][0]
-        if kind is list:
-            ok = _positive_int_list(value)
-        elif kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
+        if not _check_type(kind, value):
             want = "a non-empty list of positive integers" if kind is list else kind.__name__
             raise SpecError(spec.source, f"hparams.{name}", f"expected {want}, got {value!r}")
         values[name] = list(value) if kind is list else value
-    if values.get("dropout") is not None and not 0.0 <= values["dropout"] < 1.0:
-        raise SpecError(spec.source, "hparams.dropout", f"must be in [0, 1), got {values['dropout']}")
-    for name in ("num_experts",):
-        if name in values and values[name] < 1:
-            raise SpecError(spec.source, f"hparams.{name}", f"must be >= 1, got {values[name]}")
+    for name, value in values.items():
+        if name == "dropout" or name.endswith("_dropout"):
+            if not 0.0 <= value < 1.0:
+                raise SpecError(spec.source, f"hparams.{name}", f"must be in [0, 1), got {value}")
+        elif known[name][0] is int and name.startswith("num_") and value < 1:
+            raise SpecError(spec.source, f"hparams.{name}", f"must be >= 1, got {value}")
+    if architecture.validate is not None:
+        problem = architecture.validate(values)
+        if problem:
+            raise SpecError(spec.source, "hparams", problem)
     return values
 
 
-BACKBONE_LAYER = "backbone"
+def _context(data: DataInfo, embedding_dim: int) -> Dict[str, Any]:
+    return {"num_fields": len(data.field_names), "embedding_dim": embedding_dim,
+            "scenario_level_sizes": list(data.scenario_level_sizes),
+            "scenario_prior": list(data.scenario_prior)}
+
+
+def build_backbone(spec: ModelSpec, data: DataInfo) -> keras.layers.Layer:
+    hparams = resolve_hparams(spec)
+    architecture = ARCHITECTURES[spec.architecture]
+    context = _context(data, spec.embedding_dim)
+    return architecture.layer(num_scenarios=data.num_scenarios, num_tasks=len(data.task_names),
+                              name=BACKBONE_LAYER,
+                              **{k: context[k] for k in architecture.context}, **hparams)
+
+
+def model_input_names(data: DataInfo) -> Tuple[str, ...]:
+    levels = tuple(features.scenario_level_id(i) for i in range(len(data.scenario_level_sizes)))
+    return tuple(data.field_names) + (features.SCENARIO_ID,) + levels
 
 
 def build_model(spec: ModelSpec, data: DataInfo) -> keras.Model:
-    """A Keras model: transformed features + ``scenario_id`` in, own-scenario task probabilities out.
+    """A Keras model: transformed features + scenario ids in, own-scenario probabilities out.
 
-    Inputs: one int64 ``[batch]`` tensor per field (transformed ids) and
-    ``scenario_id`` int64 ``[batch]``. Outputs: ``{task: [batch, 1]}``, each task's
-    probability for the example's own scenario.
+    Inputs: one int64 ``[batch]`` tensor per field, ``scenario_id`` and, with a
+    scenario hierarchy, ``scenario_level_<i>_id``. Outputs: ``{task: [batch, 1]}``,
+    each task's probability for the example's own scenario.
     """
-    hparams = resolve_hparams(spec)
-    inputs = {name: keras.Input(shape=(), dtype=tf.int64, name=name) for name in data.field_names}
-    inputs[features.SCENARIO_ID] = keras.Input(shape=(), dtype=tf.int64, name=features.SCENARIO_ID)
+    inputs = {name: keras.Input(shape=(), dtype=tf.int64, name=name)
+              for name in model_input_names(data)}
     field_ids = tf.stack([inputs[name] for name in data.field_names], axis=1)
     embedded = FieldEmbedding(data.vocab_sizes, spec.embedding_dim, field_mask=data.field_mask,
                               name="field_embedding")(field_ids)
-    x = keras.layers.Flatten(name="flatten")(embedded)
-    backbone = ARCHITECTURES[spec.architecture].layer(
-        num_scenarios=data.num_scenarios, num_tasks=len(data.task_names), name=BACKBONE_LAYER,
-        **hparams)
-    task_logits = backbone(x, inputs[features.SCENARIO_ID])
-    probabilities = ScenarioSelect(data.scenario_prior, name="scenario_select")(
-        task_logits, inputs[features.SCENARIO_ID])
-    outputs = {task: keras.layers.Identity(name=task)(probabilities[:, i:i + 1])
+    scenario_id = inputs[features.SCENARIO_ID]
+    levels = [inputs[features.scenario_level_id(i)] for i in range(len(data.scenario_level_sizes))]
+    scenario_levels = (tf.stack(levels, axis=1) if levels
+                       else tf.zeros_like(scenario_id)[:, None][:, :0])
+    task_logits = build_backbone(spec, data)(
+        {"embedded": embedded, "scenario_id": scenario_id, "scenario_levels": scenario_levels})
+    parents = None
+    if spec.esmm:
+        parents = [None if p is None else data.task_names.index(p) for p in data.task_parents]
+        if all(p is None for p in parents):
+            raise SpecError(spec.source, "esmm", "no task of this dataset depends on another "
+                            "(tasks[].depends_on), so there is nothing to compose")
+    probabilities = TaskProbabilities(parents, name=PROBABILITIES_LAYER)(task_logits)
+    own = ScenarioSelect(data.scenario_prior, name="scenario_select")(probabilities, scenario_id)
+    outputs = {task: keras.layers.Identity(name=task)(own[:, i:i + 1])
                for i, task in enumerate(data.task_names)}
     return keras.Model(inputs, outputs, name=spec.name)
 
 
 def all_scenario_model(model: keras.Model) -> keras.Model:
     """Diagnostics: every scenario's probability per task, ``[batch, scenarios, tasks]``."""
-    logits = model.get_layer(BACKBONE_LAYER).output
-    return keras.Model(model.inputs, tf.sigmoid(logits))
+    return keras.Model(model.inputs, model.get_layer(PROBABILITIES_LAYER).output)
+
+
+def prepare_spec(spec: ModelSpec, data: DataInfo, train_dataset, eval_dataset,
+                 log_dir: str) -> ModelSpec:
+    """Runs the architecture's preparation step (e.g. AutoMTL's search), if it has one."""
+    resolve_hparams(spec)
+    architecture = ARCHITECTURES[spec.architecture]
+    if architecture.prepare is None:
+        return spec
+    return architecture.prepare(spec, data, train_dataset, eval_dataset, log_dir)

@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -49,13 +49,13 @@ class ServingModule(tf.Module):
     """The exported signatures around a trained Keras model and the Transform graph."""
 
     def __init__(self, model: keras.Model, tft_output: tft.TFTransformOutput, spec: DatasetSpec,
-                 num_scenarios: int):
+                 model_inputs: Sequence[str], num_scenarios: int):
         super().__init__()
         self.model = model
         self.tft_layer = tft_output.transform_features_layer()
         self._feature_spec = _serving_feature_spec(tft_output, spec)
         self._tasks = list(spec.task_names)
-        self._model_inputs = list(spec.field_names) + [features.SCENARIO_ID]
+        self._model_inputs = list(model_inputs)
         self._num_scenarios = num_scenarios
 
     def _predict(self, transformed):
@@ -77,6 +77,20 @@ class ServingModule(tf.Module):
         return tf.function(self._predict, input_signature=[specs]).get_concrete_function()
 
 
+def scenario_loss_weights(method: str, prior: Sequence[float]) -> Optional[List[float]]:
+    """Per scenario id (unseen last) example weights; ``inverse_share`` is HiNet's.
+
+    Normalised so that the weighted mean over the training data is 1, which
+    keeps the learning rate's meaning.
+    """
+    if method == "none":
+        return None
+    prior = np.asarray(prior, np.float64)
+    inverse = np.where(prior > 0, 1.0 / np.maximum(prior, 1e-12), 0.0)
+    inverse /= float((prior * inverse).sum())
+    return inverse.tolist() + [1.0]
+
+
 def run(fn_args) -> None:
     """The body of run_fn (see models/module.py)."""
     config = fn_args.custom_config or {}
@@ -95,15 +109,18 @@ def run(fn_args) -> None:
                      int(field_mask.sum()), len(field_mask))
 
     batch_size = training["batch_size"]
-    train_ds = data.make_dataset(fn_args.train_files, tft_output, spec, batch_size,
-                                 shuffle=True, seed=training["seed"])
-    eval_ds = data.make_dataset(fn_args.eval_files, tft_output, spec, batch_size)
     num_scenarios = len(data.scenario_names(tft_output))
     counts = data.count_scenarios(data.make_dataset(fn_args.train_files, tft_output, spec, 8192),
                                   num_scenarios)
     info = data.data_info(tft_output, spec, counts, field_mask)
+    weights = scenario_loss_weights(training["scenario_loss_weights"], info.scenario_prior)
+    train_ds = data.make_dataset(fn_args.train_files, tft_output, spec, batch_size, shuffle=True,
+                                 seed=training["seed"], scenario_weights=weights)
+    eval_ds = data.make_dataset(fn_args.eval_files, tft_output, spec, batch_size,
+                                scenario_weights=weights)
     logging.info("Training %s on %d scenarios %s (train examples per scenario %s)",
                  model_spec.architecture, num_scenarios, info.scenario_names, counts.tolist())
+    model_spec = factory.prepare_spec(model_spec, info, train_ds, eval_ds, fn_args.model_run_dir)
 
     strategy = tf.distribute.MirroredStrategy()
     with strategy.scope():
@@ -121,7 +138,7 @@ def run(fn_args) -> None:
                         steps_per_epoch=training["steps_per_epoch"],
                         validation_steps=training["eval_steps"], callbacks=callbacks, verbose=2)
 
-    serving = ServingModule(model, tft_output, spec, num_scenarios)
+    serving = ServingModule(model, tft_output, spec, factory.model_input_names(info), num_scenarios)
     signatures = {SERVING_SIGNATURE: serving.serve_examples.get_concrete_function(),
                   TRANSFORMED_SIGNATURE: serving.transformed_signature()}
     tf.saved_model.save(serving, fn_args.serving_model_dir, signatures=signatures)

@@ -499,7 +499,9 @@ _TRAINING_DEFAULTS = {
     "eval_steps": None,
     "early_stopping_patience": 2,
     "seed": 0,
+    "scenario_loss_weights": "none",  # "inverse_share": weight each example by 1 / its scenario's share.
 }
+SCENARIO_LOSS_WEIGHTS = ("none", "inverse_share")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -512,6 +514,7 @@ class ModelSpec:
     embedding_dim: int
     hparams: Tuple[Tuple[str, Any], ...]
     training: Tuple[Tuple[str, Any], ...]
+    esmm: bool = False  # Compose dependent tasks as ESMM: p(child) = p(parent) * p(child | parent).
 
     @property
     def hparams_dict(self) -> Dict[str, Any]:
@@ -537,7 +540,8 @@ def _freeze(value: Any) -> Any:
 
 
 def parse_model_spec(data: Any, source: str) -> ModelSpec:
-    top = _Reader(source, "", data, ("name", "architecture", "embedding_dim", "hparams", "training"))
+    top = _Reader(source, "", data, ("name", "architecture", "embedding_dim", "esmm", "hparams",
+                                     "training"))
     architecture = top.get("architecture", (str,), required=True)
     embedding_dim = top.get("embedding_dim", (int,), 16)
     if embedding_dim < 1:
@@ -546,13 +550,16 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     training = top.sub("training", tuple(_TRAINING_DEFAULTS))
     values = dict(_TRAINING_DEFAULTS)
     for key, default in _TRAINING_DEFAULTS.items():
-        kinds = (float, int) if key == "learning_rate" else (int,)
+        kinds = {"learning_rate": (float, int), "scenario_loss_weights": (str,)}.get(key, (int,))
         values[key] = training.get(key, kinds, default)
-        if values[key] is not None and values[key] <= 0 and key != "seed":
+        if key == "scenario_loss_weights":
+            if values[key] not in SCENARIO_LOSS_WEIGHTS:
+                raise training.error(key, f"must be one of {SCENARIO_LOSS_WEIGHTS}, got {values[key]!r}")
+        elif values[key] is not None and values[key] <= 0 and key != "seed":
             raise training.error(key, f"must be > 0, got {values[key]}")
     return ModelSpec(
         name=top.get("name", (str,), architecture), source=source, architecture=architecture,
-        embedding_dim=embedding_dim,
+        embedding_dim=embedding_dim, esmm=top.get("esmm", (bool,), False),
         hparams=tuple(sorted((str(k), _freeze(v)) for k, v in hparams.items())),
         training=tuple(sorted(values.items())))
 

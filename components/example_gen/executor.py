@@ -136,10 +136,31 @@ def _bytes(value: str) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
 
 
+class _GFileRaw(io.RawIOBase):
+    """Lets io.TextIOWrapper read a tf.io.gfile.GFile, which has no readable()."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._f.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
 def _open_text(path: str) -> io.TextIOBase:
     raw = tf.io.gfile.GFile(path, "rb")
     if path.endswith(".gz"):
         raw = gzip.GzipFile(fileobj=raw)
+    else:
+        raw = io.BufferedReader(_GFileRaw(raw))
     return io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 

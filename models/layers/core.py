@@ -166,21 +166,62 @@ class SoftmaxGate(keras.layers.Layer):
                 "num_experts": self.num_experts}
 
 
+def flatten_fields(embedded):
+    """``[B, F, D] -> [B, F * D]`` with a static last dimension."""
+    return tf.reshape(embedded, [-1, embedded.shape[1] * embedded.shape[2]])
+
+
 def mix_experts(gate_weights, expert_outputs):
     """``[B, G, E] x [B, E, H] -> [B, G, H]``: each gate's weighted sum of experts."""
     return tf.einsum("bge,beh->bgh", gate_weights, expert_outputs)
 
 
 @keras.utils.register_keras_serializable(package="msmt")
-class ScenarioSelect(keras.layers.Layer):
-    """Picks each example's own-scenario prediction out of the all-scenario logits.
+class TaskProbabilities(keras.layers.Layer):
+    """Task logits to probabilities, with ESMM composition for dependent tasks.
 
-    Inputs: ``logits`` ``[batch, num_scenarios, num_tasks]`` and ``scenario_id``
-    ``[batch]`` in ``[0, num_scenarios]``, where ``num_scenarios`` is the
-    out-of-vocabulary id of a scenario never seen in training.
-    Output: probabilities ``[batch, num_tasks]``. For an unseen scenario the
-    output is the traffic-share-weighted mean of the known scenarios'
-    probabilities (``scenario_prior``), the documented serving behaviour.
+    Input: ``task_logits`` ``[batch, num_scenarios, num_tasks]``. Output:
+    probabilities of the same shape. With ``task_parents[t] = p``, task ``t``
+    is only observed after task ``p`` (conversion after click): its logit is
+    read as the conditional (pCVR) and its output is the joint,
+    ``p_t = sigmoid(logit_t) * p_p`` (ESMM, Ma et al. SIGIR'18, eq. 1:
+    pCTCVR = pCTR x pCVR), so its loss on the joint label trains the
+    conditional over the entire impression space.
+    """
+
+    def __init__(self, task_parents: Optional[Sequence[Optional[int]]] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.task_parents = None if task_parents is None else [
+            None if p is None else int(p) for p in task_parents]
+        for t, p in enumerate(self.task_parents or []):
+            if p is not None and not 0 <= p < t:
+                raise ValueError(f"task {t}'s parent must be an earlier task, got {p}")
+
+    def call(self, task_logits):
+        conditional = tf.sigmoid(task_logits)
+        if not self.task_parents or all(p is None for p in self.task_parents):
+            return conditional
+        joint = []
+        for t, parent in enumerate(self.task_parents):
+            p_t = conditional[..., t]
+            joint.append(p_t if parent is None else p_t * joint[parent])
+        return tf.stack(joint, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "task_parents": self.task_parents}
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class ScenarioSelect(keras.layers.Layer):
+    """Picks each example's own-scenario prediction out of the all-scenario ones.
+
+    Inputs: ``probabilities`` ``[batch, num_scenarios, num_tasks]`` and
+    ``scenario_id`` ``[batch]`` in ``[0, num_scenarios]``, where ``num_scenarios``
+    is the out-of-vocabulary id of a scenario never seen in training.
+    Output: ``[batch, num_tasks]``. For an unseen scenario the output is the
+    traffic-share-weighted mean of the known scenarios' probabilities
+    (``scenario_prior``), the documented serving behaviour. Scenarios other than
+    the example's own get exactly zero gradient.
     """
 
     def __init__(self, scenario_prior: Sequence[float], **kwargs):
@@ -191,12 +232,11 @@ class ScenarioSelect(keras.layers.Layer):
             raise ValueError("scenario_prior must be non-empty with a positive sum")
         self.scenario_prior = [p / total for p in prior]
 
-    def call(self, logits, scenario_id):
+    def call(self, probabilities, scenario_id):
         num_scenarios = len(self.scenario_prior)
-        probabilities = tf.sigmoid(logits)
-        own = tf.one_hot(tf.cast(scenario_id, tf.int32), num_scenarios, dtype=logits.dtype)
+        own = tf.one_hot(tf.cast(scenario_id, tf.int32), num_scenarios, dtype=probabilities.dtype)
         known = tf.reduce_sum(own, axis=-1, keepdims=True)
-        prior = tf.constant(self.scenario_prior, logits.dtype)[None, :]
+        prior = tf.constant(self.scenario_prior, probabilities.dtype)[None, :]
         weights = own + (1.0 - known) * prior  # [B, S]
         return tf.einsum("bs,bst->bt", weights, probabilities)
 

@@ -5,17 +5,17 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from models.layers.core import ParallelMLP, SoftmaxGate, mix_experts
+from models.layers.core import ParallelMLP, SoftmaxGate, flatten_fields, mix_experts
 
 
 @keras.utils.register_keras_serializable(package="msmt")
 class MultiScenarioMMoE(keras.layers.Layer):
     """Shared experts; a softmax gate and a tower for every (scenario, task) head.
 
-    Inputs: ``x`` ``[batch, d_in]`` (the flattened field embeddings) and
-    ``scenario_id`` ``[batch]`` (unused: every head is computed; the caller picks
-    the example's own scenario, so other scenarios' gates and towers get exactly
-    zero gradient).
+    Inputs: the backbone inputs (see ``models.factory``); reads ``embedded``
+    ``[batch, num_fields, embedding_dim]``. Every head is computed; the caller
+    picks the example's own scenario, so other scenarios' gates and towers get
+    exactly zero gradient.
     Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``.
     """
 
@@ -35,12 +35,23 @@ class MultiScenarioMMoE(keras.layers.Layer):
         self.towers = ParallelMLP(num_heads, self.tower_units + [1], dropout=0.0,
                                   output_activation=None, name="towers")
 
-    def call(self, x, scenario_id=None, training=None):
+    def call(self, inputs, training=None):
+        x = flatten_fields(inputs["embedded"])
         expert_outputs = self.experts(x, training=training)  # [B, E, H]
         gate_weights = self.gates(x)  # [B, S*T, E]
         mixed = mix_experts(gate_weights, expert_outputs)  # [B, S*T, H]
         logits = self.towers(mixed, training=training)  # [B, S*T, 1]
         return tf.reshape(logits, [-1, self.num_scenarios, self.num_tasks])
+
+    def scenario_parameters(self, scenario: int):
+        """``(variable, index)`` pairs read only by examples of ``scenario``."""
+        t = self.num_tasks
+        heads = slice(scenario * t, (scenario + 1) * t)
+        gate_columns = slice(scenario * t * self.num_experts, (scenario + 1) * t * self.num_experts)
+        pairs = [(self.gates._dense.kernel, (slice(None), gate_columns)),
+                 (self.gates._dense.bias, (gate_columns,))]
+        pairs += [(v, (heads,)) for v in self.towers.kernels + self.towers.biases]
+        return pairs
 
     def get_config(self):
         return {**super().get_config(), "num_scenarios": self.num_scenarios,
