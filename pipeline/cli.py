@@ -67,9 +67,11 @@ def cmd_run(args) -> int:
     preflight.check_inputs(config.dataset)
     os.makedirs(config.run_dir, exist_ok=True)
     log_path = os.path.join(config.run_dir, f"run-{time.strftime('%Y%m%d-%H%M%S')}.log")
-    _log_to_file(log_path, args.verbose)
+    if not args.verbose:
+        _log_to_file(log_path, args)
     print(f"Running pipeline {config.pipeline_name} (dataset {config.dataset.name}, model "
-          f"{config.model.name}, selector {config.selector}); log: {log_path}", flush=True)
+          f"{config.model.name}, selector {config.selector}); "
+          f"log: {'terminal' if args.verbose else log_path}", flush=True)
     start = time.time()
     from pipeline import local_runner
     try:
@@ -81,19 +83,18 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _log_to_file(path: str, verbose: bool) -> None:
+def _log_to_file(path: str, args) -> None:
+    """Sends this process's and the Beam workers' log output (fd 2) to ``path``.
+
+    The terminal keeps stdout (progress and the results table); errors are
+    printed to the original stderr, saved in ``args.terminal``.
+    """
     from absl import logging as absl_logging
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    args.terminal = os.fdopen(os.dup(2), "w")
+    log = open(path, "a")
+    os.dup2(log.fileno(), 2)
+    logging.getLogger().setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
-    for h in root.handlers:
-        if h is not handler and not verbose:
-            h.setLevel(logging.WARNING)
-    if not verbose:
-        absl_logging.get_absl_handler().setLevel(logging.WARNING)
 
 
 def cmd_generate(args) -> int:
@@ -152,21 +153,33 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_kubeflow_compile(args) -> int:
+    from kubeflow import runner
+    spec = runner.compile_pipeline(build_config(args), args.output, args.pipeline_root, args.image)
+    tasks = sorted(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    print(f"Wrote {args.output}: pipeline {spec['displayName']!r} with tasks {', '.join(tasks)}")
+    return 0
+
+
+def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="synthetic", help="built-in spec name or spec file")
+    p.add_argument("--data", nargs="+", help="read these files instead of the spec's")
+    p.add_argument("--model", default="mmoe", help="built-in model spec name or spec file")
+    p.add_argument("--selector", default="saliency", choices=["saliency", "none"])
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    p.add_argument("--beam-workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="override the model spec's epochs")
+    p.add_argument("--no-cache", action="store_true")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msmt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole pipeline locally and print the results")
-    run.add_argument("--dataset", default="synthetic", help="built-in spec name or spec file")
-    run.add_argument("--data", nargs="+", help="read these files instead of the spec's")
-    run.add_argument("--model", default="mmoe", help="built-in model spec name or spec file")
-    run.add_argument("--selector", default="saliency", choices=["saliency", "none"])
-    run.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
-    run.add_argument("--beam-workers", type=int, default=2)
-    run.add_argument("--epochs", type=int, help="override the model spec's epochs")
+    _add_pipeline_arguments(run)
     run.add_argument("--rows", type=int, default=50_000, help="synthetic rows, when generated")
     run.add_argument("--seed", type=int, default=0, help="synthetic data seed, when generated")
-    run.add_argument("--no-cache", action="store_true")
     run.add_argument("--verbose", action="store_true", help="component logs on the terminal too")
     run.set_defaults(func=cmd_run)
 
@@ -188,6 +201,15 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default="synthetic")
     rep.set_defaults(func=cmd_report)
 
+    kubeflow = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(
+        dest="kubeflow_command", required=True)
+    kf_compile = kubeflow.add_parser("compile", help="compile the pipeline spec (KubeflowV2DagRunner)")
+    _add_pipeline_arguments(kf_compile)
+    kf_compile.add_argument("--output", required=True, help="pipeline spec JSON to write")
+    kf_compile.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/msmt")
+    kf_compile.add_argument("--image", default="msmt-tfx:latest")
+    kf_compile.set_defaults(func=cmd_kubeflow_compile)
+
     check = sub.add_parser("check", help="validate a dataset spec against its files")
     check.add_argument("--dataset", default="synthetic")
     check.add_argument("--data", nargs="+")
@@ -200,11 +222,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as e:
-        print(f"msmt {args.command}: error: {e}", file=sys.stderr)
+        terminal = getattr(args, "terminal", sys.stderr)
+        print(f"msmt {args.command}: error: {e}", file=terminal)
         if args.command == "run":
             print("Nothing already produced was removed: finished components' outputs stay in "
-                  f"the run directory and are reused from cache on the next run.", file=sys.stderr)
+                  "the run directory and are reused from cache on the next run.", file=terminal)
         return 2
+    except Exception:
+        terminal = getattr(args, "terminal", None)
+        if terminal is not None:  # The traceback went to the log; say where.
+            print(f"msmt {args.command}: failed; see the log named above for the traceback.",
+                  file=terminal)
+        raise
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def check_inputs(spec: DatasetSpec) -> List[str]:
                 if width != len(columns):
                     raise InputError(f"{path}: the first row has {width} fields but the spec "
                                      f"{spec.source} declares {len(columns)} columns")
-            for column in spec.required_columns:
+            for column in spec.raw_columns:
                 if column not in columns and column not in constants:
                     raise InputError(f"{path}: column {column!r} (needed by {spec.source}) is "
                                      f"missing{_suggest(column, columns)}; the file has: "

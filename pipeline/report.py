@@ -23,6 +23,7 @@ class RunResult:
     run_id: str
     component_states: Dict[str, str]  # component id -> ran / cached / FAILED
     artifacts: Dict[str, str]  # "component.output" -> uri
+    inputs: Dict[str, str]  # "component.input" -> uri (the first artifact of each input)
     metrics: Dict[Tuple[str, str], Dict[str, float]]  # (scenario slice, task) -> metric -> value
     validation_ok: Optional[bool]
     validation_failures: List[str]
@@ -62,7 +63,7 @@ def load_run(metadata_path: str, spec: DatasetSpec, run_id: Optional[str] = None
     run = runs[-1]
     types = {t.id: t.name for t in store.get_artifact_types()}
     node_type = store.get_context_type("node").id
-    states, artifacts, by_type = {}, {}, {}
+    states, artifacts, inputs, by_type = {}, {}, {}, {}
     for execution in store.get_executions_by_context(run.id):
         nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
                  if c.type_id == node_type]
@@ -71,10 +72,15 @@ def load_run(metadata_path: str, spec: DatasetSpec, run_id: Optional[str] = None
         events = store.get_events_by_execution_ids([execution.id])
         outputs = [e for e in events if e.type in (metadata_store_pb2.Event.OUTPUT,
                                                    metadata_store_pb2.Event.DECLARED_OUTPUT)]
-        for event, artifact in zip(outputs, store.get_artifacts_by_id([e.artifact_id for e in outputs])):
+        found = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        for event in events:
+            artifact = found[event.artifact_id]
             key = event.path.steps[0].key if event.path.steps else types[artifact.type_id]
-            artifacts[f"{component}.{key}"] = artifact.uri
-            by_type[types[artifact.type_id]] = artifact
+            if event.type == metadata_store_pb2.Event.INPUT:
+                inputs.setdefault(f"{component}.{key}", artifact.uri)
+            elif event in outputs:
+                artifacts[f"{component}.{key}"] = artifact.uri
+                by_type[types[artifact.type_id]] = artifact
 
     metrics: Dict[Tuple[str, str], Dict[str, float]] = {}
     validation_ok, failures = None, []
@@ -104,7 +110,7 @@ def load_run(metadata_path: str, spec: DatasetSpec, run_id: Optional[str] = None
                   if pushed is not None and "pushed" in pushed.custom_properties else None)
     destination = (pushed.custom_properties["pushed_destination"].string_value
                    if was_pushed else None)
-    return RunResult(run.name, states, artifacts, metrics, validation_ok, failures, blessed,
+    return RunResult(run.name, states, artifacts, inputs, metrics, validation_ok, failures, blessed,
                      was_pushed, destination)
 
 

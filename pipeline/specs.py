@@ -262,15 +262,20 @@ class DatasetSpec:
         return [f.name for f in self.categorical_fields] + [f.name for f in self.numerical_fields]
 
     @property
-    def required_columns(self) -> List[str]:
-        """Every raw column the pipeline reads, in a stable order."""
+    def raw_columns(self) -> List[str]:
+        """Every raw column the pipeline reads (from a file or a per-file constant)."""
         needed = list(self.scenario_columns) + self.field_names
         for task in self.tasks:
             needed += task.source_columns
         if self.split_key:
             needed.append(self.split_key)
+        return list(dict.fromkeys(needed))
+
+    @property
+    def required_columns(self) -> List[str]:
+        """The raw columns every input file must have (per-file constants excluded)."""
         constants = {k for f in self.files for k, _ in f.constants}
-        return [c for c in dict.fromkeys(needed) if c not in constants]
+        return [c for c in self.raw_columns if c not in constants]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -341,7 +346,8 @@ def parse_dataset_spec(data: Any, source: str, base_dir: str) -> DatasetSpec:
     if len(separator) != 1:
         raise inputs.error("separator", f"must be one character, got {separator!r} "
                            "(values are stripped of surrounding spaces anyway)")
-    na_values = tuple(inputs.get("na_values", (list,), list(DEFAULT_NA_VALUES)))
+    na_values = tuple("" if v is None else str(v)
+                      for v in inputs.get("na_values", (list,), list(DEFAULT_NA_VALUES)))
     max_bad = float(inputs.get("max_bad_row_fraction", (int, float), 0.001))
     if not 0.0 <= max_bad < 1.0:
         raise inputs.error("max_bad_row_fraction", f"must be in [0, 1), got {max_bad}")

@@ -36,7 +36,12 @@ def synthetic_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pipeline_runs(synthetic_data, tmp_path_factory):
-    """The whole pipeline run twice on the same inputs (the second from cache)."""
+    """The whole pipeline run three times on the same inputs.
+
+    The second run has one new input: the first run's blessed model, now the
+    Evaluator's baseline. Everything up to the Trainer comes from cache, the
+    Evaluator compares against the baseline; the third run is cached throughout.
+    """
     from pipeline import configs, local_runner, report
 
     data_path, truth = synthetic_data
@@ -48,4 +53,6 @@ def pipeline_runs(synthetic_data, tmp_path_factory):
     first = report.load_run(config.metadata_path, spec)
     local_runner.run(config)
     second = report.load_run(config.metadata_path, spec)
-    return config, first, second, truth
+    local_runner.run(config)
+    third = report.load_run(config.metadata_path, spec)
+    return config, first, (second, third), truth

@@ -26,13 +26,21 @@ def _pushed_model(result):
 def test_every_component_ran(pipeline_runs):
     _, first, _, _ = pipeline_runs
     assert COMPONENTS <= set(first.component_states)
-    assert {first.component_states[c] for c in COMPONENTS} == {"ran"}
+    assert {c: first.component_states[c] for c in COMPONENTS} == {c: "ran" for c in COMPONENTS}
 
 
-def test_second_run_is_served_from_cache(pipeline_runs):
-    _, first, second, _ = pipeline_runs
-    assert second.run_id != first.run_id
-    assert {second.component_states[c] for c in COMPONENTS} == {"cached"}
+def test_unchanged_inputs_are_served_from_cache(pipeline_runs):
+    _, first, (second, third), _ = pipeline_runs
+    assert len({first.run_id, second.run_id, third.run_id}) == 3
+    upstream = COMPONENTS - {"Evaluator", "Pusher"}
+    assert {c: second.component_states[c] for c in upstream} == {c: "cached" for c in upstream}
+    assert second.uri("MSMTTrainer.model") == first.uri("MSMTTrainer.model")
+    # New input for the Evaluator: the first run's blessed model as its baseline.
+    assert "Evaluator.baseline_model" not in first.inputs
+    assert second.inputs["Evaluator.baseline_model"] == first.uri("MSMTTrainer.model")
+    assert second.component_states["Evaluator"] == "ran" and second.blessed
+    assert {c: third.component_states[c] for c in COMPONENTS} == {c: "cached" for c in COMPONENTS}
+    assert third.pushed_destination == second.pushed_destination
 
 
 def test_metrics_for_every_scenario_and_task(pipeline_runs):
@@ -102,3 +110,18 @@ def test_tensorboard_event_files_written(pipeline_runs):
     events = glob.glob(os.path.join(first.uri("MSMTTrainer.model_run"), "**", "events.out.tfevents.*"),
                        recursive=True)
     assert events
+
+
+def test_explore_notebook_executes_against_the_run(pipeline_runs, monkeypatch):
+    import nbclient
+    import nbformat
+    from pipeline.specs import REPO_DIR
+    config, _, _, _ = pipeline_runs
+    monkeypatch.setenv("MSMT_RUN_DIR", config.run_dir)
+    notebook = nbformat.read(os.path.join(REPO_DIR, "notebooks", "explore_dataset.ipynb"), 4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "'train':" in text and "'eval':" in text and "anomalies: none" in text
+    assert any("text/html" in o.get("data", {}) for o in outputs)  # TFDV's view rendered.

@@ -8,7 +8,8 @@ features: categorical and scenario columns as bytes, numerical fields as float
 
 A malformed row (wrong number of fields, a number that does not parse, a label
 that is not 0/1, a conversion without a click, an empty scenario) is never
-dropped silently: it is written to ``<examples>/Quarantine/`` with its file,
+dropped silently: it is written to ``<pipeline_root>/<ExampleGen>/quarantine/<id>/``
+(beside the examples artifact, so that it survives a failed execution) with its file,
 line and reason, and the run fails if more than the spec's
 ``max_bad_row_fraction`` of the rows are bad.
 """
@@ -36,7 +37,16 @@ from tfx.utils import proto_utils
 
 from pipeline.specs import DatasetSpec, LabelRule
 
-QUARANTINE_DIR = "Quarantine"
+QUARANTINE_DIR = "quarantine"
+
+
+def quarantine_dir(examples_uri: str) -> str:
+    """``<root>/<component>/quarantine/<id>`` for ``<root>/<component>/examples/<id>``.
+
+    Outside the output artifact, which TFX removes when the execution fails.
+    """
+    component_dir, execution_id = os.path.split(os.path.normpath(examples_uri))
+    return os.path.join(os.path.dirname(component_dir), QUARANTINE_DIR, execution_id)
 _SPLIT_BY_PATTERN_KEY = "_msmt_split_by_pattern"
 _QUARANTINE_KEY = "_msmt_quarantine_dir"
 
@@ -161,7 +171,8 @@ def _open_text(path: str) -> io.TextIOBase:
         raw = gzip.GzipFile(fileobj=raw)
     else:
         raw = io.BufferedReader(_GFileRaw(raw))
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    # Undecodable bytes become U+FFFD, and read_rows sets such a row aside.
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
 
 
 def read_rows(spec: DatasetSpec, path: str, constants: Dict[str, str]
@@ -196,6 +207,9 @@ def read_rows(spec: DatasetSpec, path: str, constants: Dict[str, str]
                 yield reader.line_num, {}, (f"expected {len(columns)} fields, got {len(values)}: "
                                             f"{spec.separator.join(values)[:200]!r}")
                 continue
+            if any("\ufffd" in v for v in values):
+                yield reader.line_num, {}, "not valid UTF-8"
+                continue
             row = dict(zip(columns, values))
             row.update(constants)
             yield reader.line_num, row, ""
@@ -210,6 +224,7 @@ class _ConvertFile(beam.DoFn):
     def setup(self):
         self._spec = DatasetSpec.from_json(self._spec_json)
         self._converter = RowConverter(self._spec)
+        self._needed = self._spec.raw_columns
 
     def process(self, item):
         path, constants = item
@@ -217,7 +232,7 @@ class _ConvertFile(beam.DoFn):
         missing_reported = False
         for line, row, error in read_rows(self._spec, path, dict(constants)):
             if not error:
-                missing = [c for c in self._spec.required_columns if c not in row]
+                missing = [c for c in self._needed if c not in row]
                 if missing:
                     if not missing_reported:
                         yield beam.pvalue.TaggedOutput("bad", f"{path}: missing column(s) "
@@ -272,7 +287,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         spec = spec_from_exec_properties(exec_properties)
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
-        quarantine = os.path.join(examples.uri, QUARANTINE_DIR)
+        quarantine = quarantine_dir(examples.uri)
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
                                   input_config)
@@ -331,10 +346,12 @@ def make_example_gen(spec: DatasetSpec) -> FileBasedExampleGen:
         input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
             name="all", pattern=os.path.relpath(paths[0], input_base))])
         eval_buckets = min(99, max(1, round(100 * spec.eval_fraction)))
-        output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
-            splits=[example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
-                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)],
-            partition_feature_name=spec.split_key or ""))
+        split_config = example_gen_pb2.SplitConfig(splits=[
+            example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
+            example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets)])
+        if spec.split_key:
+            split_config.partition_feature_name = spec.split_key
+        output_config = example_gen_pb2.Output(split_config=split_config)
     return FileBasedExampleGen(
         input_base=input_base, input_config=input_config, output_config=output_config,
         custom_config=spec_to_custom_config(spec),

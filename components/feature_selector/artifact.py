@@ -24,8 +24,9 @@ class FeatureSelection(artifact.Artifact):
     (``mask`` and ``scores``, float ``[num_scenarios, num_tasks, num_fields]``).
     """
 
-    TYPE_NAME = "MSMTFeatureSelection"
-    PROPERTIES = {"method": artifact.Property(type=artifact.PropertyType.STRING)}
+    # KFP v2 wants "namespace.Name" and no typed properties: the method and the
+    # number of fields used are custom properties.
+    TYPE_NAME = "msmt.FeatureSelection"
 
 
 class SelectionMismatchError(ValueError):
