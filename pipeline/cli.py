@@ -59,6 +59,8 @@ def build_config(args) -> "configs.PipelineConfig":
 
 def cmd_run(args) -> int:
     from pipeline import configs, preflight, report
+    if not args.verbose:
+        _capture_stderr(args)
     config = build_config(args)
     from models.factory import resolve_hparams
     resolve_hparams(config.model)  # A bad hyper-parameter fails now, not after Transform.
@@ -68,7 +70,7 @@ def cmd_run(args) -> int:
     os.makedirs(config.run_dir, exist_ok=True)
     log_path = os.path.join(config.run_dir, f"run-{time.strftime('%Y%m%d-%H%M%S')}.log")
     if not args.verbose:
-        _log_to_file(log_path, args)
+        _move_log(args, log_path)
     print(f"Running pipeline {config.pipeline_name} (dataset {config.dataset.name}, model "
           f"{config.model.name}, selector {config.selector}); "
           f"log: {'terminal' if args.verbose else log_path}", flush=True)
@@ -83,18 +85,29 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _log_to_file(path: str, args) -> None:
-    """Sends this process's and the Beam workers' log output (fd 2) to ``path``.
+def _capture_stderr(args) -> None:
+    """Sends this process's and its Beam workers' log output (fd 2) to a log file.
 
-    The terminal keeps stdout (progress and the results table); errors are
-    printed to the original stderr, saved in ``args.terminal``.
+    Until the run directory exists it goes to a temporary file (``_move_log``
+    copies it over). The terminal keeps stdout (progress and the results);
+    errors are printed to the original stderr, kept in ``args.terminal``.
     """
+    import tempfile
     from absl import logging as absl_logging
     args.terminal = os.fdopen(os.dup(2), "w")
-    log = open(path, "a")
-    os.dup2(log.fileno(), 2)
+    args.early_log = tempfile.TemporaryFile(mode="w+")
+    os.dup2(args.early_log.fileno(), 2)
     logging.getLogger().setLevel(logging.INFO)
     absl_logging.set_verbosity(absl_logging.INFO)
+
+
+def _move_log(args, path: str) -> None:
+    log = open(path, "a")
+    args.early_log.seek(0)
+    log.write(args.early_log.read())
+    log.flush()
+    os.dup2(log.fileno(), 2)
+    args.early_log.close()
 
 
 def cmd_generate(args) -> int:
