@@ -114,10 +114,13 @@ def run(fn_args) -> None:
                                   num_scenarios)
     info = data.data_info(tft_output, spec, counts, field_mask)
     weights = scenario_loss_weights(training["scenario_loss_weights"], info.scenario_prior)
+    # A fixed number of steps per epoch reads the data as a stream; else one pass per epoch.
     train_ds = data.make_dataset(fn_args.train_files, tft_output, spec, batch_size, shuffle=True,
-                                 seed=training["seed"], scenario_weights=weights)
+                                 seed=training["seed"], scenario_weights=weights,
+                                 num_epochs=None if training["steps_per_epoch"] else 1)
     eval_ds = data.make_dataset(fn_args.eval_files, tft_output, spec, batch_size,
-                                scenario_weights=weights)
+                                scenario_weights=weights,
+                                num_epochs=None if training["eval_steps"] else 1)
     logging.info("Training %s on %d scenarios %s (train examples per scenario %s)",
                  model_spec.architecture, num_scenarios, info.scenario_names, counts.tolist())
     model_spec = factory.prepare_spec(model_spec, info, train_ds, eval_ds, fn_args.model_run_dir)

@@ -58,9 +58,12 @@ class PipelineConfig:
 
     @property
     def beam_pipeline_args(self) -> List[str]:
+        # Beam's DirectRunner would first try Prism (a binary it downloads at run
+        # time); name the runner it falls back to, so every run behaves the same.
+        runner = "--runner=FnApiRunner"
         if self.beam_workers == 1:
-            return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-        return ["--direct_running_mode=multi_processing",
+            return [runner, "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        return [runner, "--direct_running_mode=multi_processing",
                 f"--direct_num_workers={self.beam_workers}"]
 
     def custom_config(self) -> Dict[str, Any]:
