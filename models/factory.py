@@ -26,8 +26,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from models import features
+from models import automtl_search, features
 from models.layers import FieldEmbedding, MultiScenarioMMoE, ScenarioSelect, TaskProbabilities
+from models.layers.aesm2 import AESM2
+from models.layers.automtl import AutoMTLDerived
+from models.layers.hinet import HiNet
+from models.layers.ple import CGC, PLE
+from models.layers.shared_bottom import SharedBottom
+from models.layers.star import STAR
 from pipeline.specs import ModelSpec, SpecError, _suggest
 
 CONTEXT_ARGUMENTS = ("num_fields", "embedding_dim", "scenario_level_sizes", "scenario_prior")
@@ -82,6 +88,66 @@ register("mmoe", Architecture(MultiScenarioMMoE, {
     "tower_units": (list, (32,)),
     "dropout": (float, 0.0),
 }))
+
+register("shared_bottom", Architecture(SharedBottom, {
+    "bottom_units": (list, (128, 64)),
+    "tower_units": (list, (32,)),
+    "dropout": (float, 0.0),
+}))
+
+register("cgc", Architecture(CGC, {
+    "num_specific_experts": (int, 2),
+    "num_shared_experts": (int, 4),
+    "expert_units": (list, (64,)),
+    "tower_units": (list, (32,)),
+    "dropout": (float, 0.0),
+}))
+register("ple", Architecture(PLE, {
+    "num_levels": (int, 2),
+    "num_specific_experts": (int, 2),
+    "num_shared_experts": (int, 4),
+    "expert_units": (list, (64,)),
+    "tower_units": (list, (32,)),
+    "dropout": (float, 0.0),
+}))
+
+register("star", Architecture(STAR, {
+    "units": (list, (128, 64)),
+    "dropout": (float, 0.0),
+    "aux_units": (list, (32,)),
+    "aux_features": (bool, True),
+}, context=("embedding_dim",)))
+
+register("aesm2", Architecture(AESM2, {
+    "num_experts": (int, 6),
+    "expert_units": (list, (64,)),
+    "top_k_specific": (int, 2),
+    "top_k_shared": (int, 1),
+    "tower_units": (list, (32,)),
+    "lambda_sp": (float, 0.01),
+    "lambda_sh": (float, 0.01),
+    "noise_scale": (float, 0.01),
+    "dropout": (float, 0.0),
+}, context=("embedding_dim", "scenario_level_sizes"), validate=AESM2.validate_hparams))
+
+register("hinet", Architecture(HiNet, {
+    "num_sub_experts": (int, 5),
+    "sub_expert_units": (list, (128, 64)),
+    "num_shared_experts": (int, 2),
+    "num_specific_experts": (int, 2),
+    "expert_units": (list, (128, 64)),
+    "tower_units": (list, (128, 64)),
+    "san_dim": (int, 16),
+    "dropout": (float, 0.0),
+}, validate=HiNet.validate_hparams))
+
+# AutoMTL: the supernet, whose prepare step is the architecture search and returns an
+# "automtl_derived" spec; the derived network is then built and trained from scratch.
+register("automtl", Architecture(automtl_search.supernet_layer, automtl_search.SUPERNET_HPARAMS,
+                                 prepare=automtl_search.search,
+                                 validate=automtl_search.validate_supernet))
+register("automtl_derived", Architecture(AutoMTLDerived, automtl_search.DERIVED_HPARAMS,
+                                         validate=automtl_search.validate_derived))
 
 
 def _positive_int_list(value) -> bool:
