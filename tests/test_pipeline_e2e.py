@@ -35,9 +35,9 @@ def test_unchanged_inputs_are_served_from_cache(pipeline_runs):
     upstream = COMPONENTS - {"Evaluator", "Pusher"}
     assert {c: second.component_states[c] for c in upstream} == {c: "cached" for c in upstream}
     assert second.uri("MSMTTrainer.model") == first.uri("MSMTTrainer.model")
-    # New input for the Evaluator: the first run's blessed model as its baseline.
-    assert "Evaluator.baseline_model" not in first.inputs
-    assert second.inputs["Evaluator.baseline_model"] == first.uri("MSMTTrainer.model")
+    # New input for the Evaluator: the first run's blessed model as its baseline (the same
+    # artifact as the candidate, which MLMD records as one input event).
+    assert second.inputs["Evaluator.model"] == first.uri("MSMTTrainer.model")
     assert second.component_states["Evaluator"] == "ran" and second.blessed
     assert {c: third.component_states[c] for c in COMPONENTS} == {c: "cached" for c in COMPONENTS}
     assert third.pushed_destination == second.pushed_destination
