@@ -66,6 +66,24 @@ class PipelineConfig:
         return [runner, "--direct_running_mode=multi_processing",
                 f"--direct_num_workers={self.beam_workers}"]
 
+    def pipeline_arguments(self, pipeline_root: Optional[str] = None,
+                           serving_model_dir: Optional[str] = None) -> Dict[str, Any]:
+        """``create_pipeline``'s arguments common to every runner (each adds its own)."""
+        from pipeline import evaluation  # Not at import: evaluation imports this module.
+        return dict(
+            pipeline_name=self.pipeline_name,
+            pipeline_root=pipeline_root or self.pipeline_root,
+            dataset_spec=self.dataset,
+            custom_config=self.custom_config(),
+            preprocessing_fn=PREPROCESSING_FN,
+            run_fn=RUN_FN,
+            selector_method=self.selector,
+            selector_params=dict(self.selector_params),
+            eval_config=evaluation.eval_config(self.dataset, self.thresholds),
+            serving_model_dir=serving_model_dir or self.serving_model_dir,
+            beam_pipeline_args=self.beam_pipeline_args,
+            enable_cache=self.enable_cache)
+
     def custom_config(self) -> Dict[str, Any]:
         """What the module file's functions read; the code version makes caching see code edits."""
         return {"dataset_spec": self.dataset.to_json(), "model_spec": self.model.to_json(),
