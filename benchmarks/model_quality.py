@@ -78,7 +78,9 @@ def oracle_on_eval(spec, run, scenario_names):
     return oracle
 
 
-def train_and_score(spec, run, model_spec, seed, epochs):
+def train_and_score(spec, run, model_spec, seed, epochs, selection=None):
+    """``(metrics per (scenario, task), seconds, parameters)``; ``selection`` (a
+    ``Selection``) is applied as the Trainer applies it."""
     tft_output = tft.TFTransformOutput(run.uri("Transform.transform_graph"))
     examples = run.uri("Transform.transformed_examples")
     train_files = data.transformed_files(examples, "train")
@@ -86,6 +88,9 @@ def train_and_score(spec, run, model_spec, seed, epochs):
     names = data.scenario_names(tft_output)
     counts = data.count_scenarios(data.make_dataset(train_files, tft_output, spec, 8192), len(names))
     info = data.data_info(tft_output, spec, counts)
+    if selection is not None:
+        from models.training import selected_data_info
+        info = selected_data_info(info, selection)
     training = {**model_spec.training_dict, "seed": seed, "epochs": epochs}
     model_spec = dataclasses.replace(model_spec, training=tuple(sorted(training.items())))
     weights = scenario_loss_weights(training["scenario_loss_weights"], info.scenario_prior)

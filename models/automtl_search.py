@@ -33,6 +33,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
+from models import diagnostics
 from models.layers.automtl import (DEFAULT_EXPERT_OPS, EXPERT_OPS, INTERACTION_OPS,
                                    AutoMTLSupernet, check_operation,
                                    jensen_shannon_loss)
@@ -285,6 +286,9 @@ class SupernetSearch:
         jsd.assign(jsd_weight)
         trajectory = [{"epoch": 0, "phase": "initial", "jsd_weight": float(jsd.numpy()),
                        **self.snapshot()}]
+        if writer is not None:
+            with writer.as_default(step=0):
+                diagnostics.write_automtl_search(self.backbone, self.head_names)
         step = 0
         for epoch in range(1, warmup_epochs + search_epochs + 1):
             warmup = epoch <= warmup_epochs
@@ -317,6 +321,7 @@ class SupernetSearch:
                     tf.summary.scalar("automtl/jsd_weight", entry["jsd_weight"])
                     tf.summary.scalar("automtl/jsd", -float(
                         jensen_shannon_loss(self.backbone.expert_distributions())))
+                    diagnostics.write_automtl_search(self.backbone, self.head_names)
         jsd.assign(0.0)
         return trajectory
 

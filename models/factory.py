@@ -32,11 +32,13 @@ from models.layers.aesm2 import AESM2
 from models.layers.automtl import AutoMTLDerived
 from models.layers.hinet import HiNet
 from models.layers.ple import CGC, PLE
+from models.layers.selection import ScenarioFieldMask, ValueMask
 from models.layers.shared_bottom import SharedBottom
 from models.layers.star import STAR
 from pipeline.specs import ModelSpec, SpecError, _suggest
 
-CONTEXT_ARGUMENTS = ("num_fields", "embedding_dim", "scenario_level_sizes", "scenario_prior")
+CONTEXT_ARGUMENTS = ("num_fields", "embedding_dim", "scenario_level_sizes", "scenario_prior",
+                     "head_field_mask")
 BACKBONE_LAYER = "backbone"
 PROBABILITIES_LAYER = "task_probabilities"
 
@@ -53,6 +55,11 @@ class DataInfo:
     field_mask: Optional[Tuple[float, ...]] = None  # 1 keeps a field, 0 drops it.
     task_parents: Tuple[Optional[str], ...] = ()  # depends_on per task (None: independent).
     scenario_level_sizes: Tuple[int, ...] = ()  # Id range of each coarser hierarchy level.
+    # Feature selection (models.training.selected_data_info), over the fields above:
+    scenario_field_mask: Optional[Tuple[Tuple[float, ...], ...]] = None  # [S, F]: all its paths read
+    shared_field_mask: Optional[Tuple[Tuple[float, ...], ...]] = None  # [S, F]: its shared parts read
+    head_field_mask: Optional[Tuple[Tuple[float, ...], ...]] = None  # [S * T, F]
+    value_masks: Optional[Tuple[Tuple[Tuple[float, ...], ...], ...]] = None  # F x [S, vocab_f]
 
     @property
     def num_scenarios(self) -> int:
@@ -87,7 +94,7 @@ register("mmoe", Architecture(MultiScenarioMMoE, {
     "expert_units": (list, (128, 64)),
     "tower_units": (list, (32,)),
     "dropout": (float, 0.0),
-}))
+}, context=("head_field_mask",)))
 
 register("shared_bottom", Architecture(SharedBottom, {
     "bottom_units": (list, (128, 64)),
@@ -101,7 +108,7 @@ register("cgc", Architecture(CGC, {
     "expert_units": (list, (64,)),
     "tower_units": (list, (32,)),
     "dropout": (float, 0.0),
-}))
+}, context=("head_field_mask",)))
 register("ple", Architecture(PLE, {
     "num_levels": (int, 2),
     "num_specific_experts": (int, 2),
@@ -109,7 +116,7 @@ register("ple", Architecture(PLE, {
     "expert_units": (list, (64,)),
     "tower_units": (list, (32,)),
     "dropout": (float, 0.0),
-}))
+}, context=("head_field_mask",)))
 
 register("star", Architecture(STAR, {
     "units": (list, (128, 64)),
@@ -202,7 +209,9 @@ def resolve_hparams(spec: ModelSpec) -> Dict[str, Any]:
 def _context(data: DataInfo, embedding_dim: int) -> Dict[str, Any]:
     return {"num_fields": len(data.field_names), "embedding_dim": embedding_dim,
             "scenario_level_sizes": list(data.scenario_level_sizes),
-            "scenario_prior": list(data.scenario_prior)}
+            "scenario_prior": list(data.scenario_prior),
+            "head_field_mask": (None if data.head_field_mask is None
+                                else [list(row) for row in data.head_field_mask])}
 
 
 def build_backbone(spec: ModelSpec, data: DataInfo) -> keras.layers.Layer:
@@ -232,20 +241,34 @@ def build_model(spec: ModelSpec, data: DataInfo) -> keras.Model:
     embedded = FieldEmbedding(data.vocab_sizes, spec.embedding_dim, field_mask=data.field_mask,
                               name="field_embedding")(field_ids)
     scenario_id = inputs[features.SCENARIO_ID]
+    if data.value_masks is not None:  # MultiFS: dropped values read as zeros per scenario.
+        embedded = ValueMask(data.value_masks, name="value_mask")(embedded, field_ids, scenario_id)
+    backbone_inputs = {}
+    if data.shared_field_mask is not None:  # What a scenario's shared parts read (MMoE/CGC/PLE).
+        backbone_inputs["embedded_shared"] = ScenarioFieldMask(
+            data.shared_field_mask, name="shared_field_mask")(embedded, scenario_id)
+    if data.scenario_field_mask is not None:  # Every field some path of the scenario reads.
+        embedded = ScenarioFieldMask(data.scenario_field_mask, name="scenario_field_mask")(
+            embedded, scenario_id)
     levels = [inputs[features.scenario_level_id(i)] for i in range(len(data.scenario_level_sizes))]
     scenario_levels = (tf.stack(levels, axis=1) if levels
                        else tf.zeros_like(scenario_id)[:, None][:, :0])
     task_logits = build_backbone(spec, data)(
-        {"embedded": embedded, "scenario_id": scenario_id, "scenario_levels": scenario_levels})
+        {"embedded": embedded, "scenario_id": scenario_id, "scenario_levels": scenario_levels,
+         **backbone_inputs})
     parents = None
     if spec.esmm:
         parents = [None if p is None else data.task_names.index(p) for p in data.task_parents]
         if all(p is None for p in parents):
             raise SpecError(spec.source, "esmm", "no task of this dataset depends on another "
                             "(tasks[].depends_on), so there is nothing to compose")
-    probabilities = TaskProbabilities(parents, name=PROBABILITIES_LAYER)(task_logits)
-    own = ScenarioSelect(data.scenario_prior, name="scenario_select")(probabilities, scenario_id)
-    outputs = {task: keras.layers.Identity(name=task)(own[:, i:i + 1])
+    # Probabilities in float32 also under a mixed-precision policy (bf16 sigmoid and log loss
+    # lose the tails).
+    probabilities = TaskProbabilities(parents, name=PROBABILITIES_LAYER, dtype="float32")(
+        task_logits)
+    own = ScenarioSelect(data.scenario_prior, name="scenario_select", dtype="float32")(
+        probabilities, scenario_id)
+    outputs = {task: keras.layers.Identity(name=task, dtype="float32")(own[:, i:i + 1])
                for i, task in enumerate(data.task_names)}
     return keras.Model(inputs, outputs, name=spec.name)
 

@@ -1,4 +1,5 @@
-"""The TFX module file: ``preprocessing_fn`` for Transform and ``run_fn`` for the Trainer.
+"""The TFX module file: ``preprocessing_fn`` for Transform, ``tuner_fn`` for the Tuner and
+``run_fn`` for the Trainer.
 
 Both read the dataset spec (and run_fn the model spec) from ``custom_config``, so
 one module serves every dataset and architecture.
@@ -8,7 +9,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from models import preprocessing, training  # noqa: E402
+from models import preprocessing, training, tuning  # noqa: E402
 from pipeline.specs import DatasetSpec  # noqa: E402
 
 
@@ -20,3 +21,8 @@ def preprocessing_fn(inputs, custom_config):
 def run_fn(fn_args):
     """TFX Trainer: trains the spec's model and exports the serving SavedModel."""
     training.run(fn_args)
+
+
+def tuner_fn(fn_args):
+    """TFX Tuner: a KerasTuner search over the model spec's ``tuning`` block."""
+    return tuning.tuner_fn(fn_args)

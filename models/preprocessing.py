@@ -40,13 +40,19 @@ def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]
             frequency_threshold=field.frequency_threshold,
             num_oov_buckets=field.num_oov_buckets,
             vocab_filename=features.vocabulary_name(field.name))
+    # One element-wise quantiles analyzer per bucket count, not one per field: the fields
+    # are stacked [batch, k] and sketched as k streams of one combiner (1.5x faster
+    # Transform on 63 numericals, benchmarks/RESULTS.md). Quantiles ignore NaN.
+    by_buckets: Dict[int, list] = {}
     for field in spec.numerical_fields:
-        x = tf.cast(_dense(inputs[field.name], float("nan")), tf.float32)
+        by_buckets.setdefault(field.buckets, []).append(field.name)
+    for num_buckets, names in by_buckets.items():
+        x = tf.stack([tf.cast(_dense(inputs[n], float("nan")), tf.float32) for n in names], axis=1)
         missing = tf.logical_not(tf.math.is_finite(x))
-        filled = tf.where(missing, tf.zeros_like(x), x)
-        buckets = tft.bucketize(filled, field.buckets,
-                                weights=1.0 - tf.cast(missing, tf.float32))
-        outputs[field.name] = tf.where(missing, tf.cast(field.buckets, tf.int64), buckets)
+        x = tf.where(missing, tf.fill(tf.shape(x), float("nan")), x)
+        ids = tf.where(missing, tf.cast(num_buckets, tf.int64),
+                       tft.bucketize(x, num_buckets, elementwise=True))
+        outputs.update({name: ids[:, i] for i, name in enumerate(names)})
     depth = len(spec.scenario_columns)
     outputs[features.SCENARIO_ID] = tft.compute_and_apply_vocabulary(
         scenario_key(inputs, spec, depth), num_oov_buckets=1,

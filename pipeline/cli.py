@@ -28,9 +28,10 @@ def _user_errors():
     from components.example_gen.executor import BadInputError
     from components.feature_selector.artifact import SelectionMismatchError
     from components.feature_selector.executor import AnomaliesFoundError
+    from kubeflow.schedule import ScheduleError
     from pipeline.preflight import InputError
     return (specs.SpecError, InputError, BadInputError, AnomaliesFoundError,
-            SelectionMismatchError, FileNotFoundError)
+            SelectionMismatchError, FileNotFoundError, ScheduleError)
 
 
 def ensure_synthetic_data(spec: specs.DatasetSpec, rows: int, seed: int) -> None:
@@ -54,7 +55,12 @@ def build_config(args) -> "configs.PipelineConfig":
             {**model.training_dict, "epochs": args.epochs}.items())))
     return configs.PipelineConfig(
         dataset=dataset, model=model, output_dir=args.output_dir, selector=args.selector,
-        beam_workers=args.beam_workers, enable_cache=not args.no_cache)
+        selector_params=configs.parse_selector_params(args.selector_param or ()),
+        beam_workers=args.beam_workers, enable_cache=not args.no_cache,
+        beam=configs.load_beam_config(args.beam_config, args.beam_runner, tuple(args.beam_arg or ())),
+        transform_analyzer_cache=args.analyzer_cache,
+        tuning=(configs.TuningConfig(max_trials=args.tune_trials, algorithm=args.tune_algorithm)
+                if args.tune else None))
 
 
 def cmd_run(args) -> int:
@@ -140,9 +146,19 @@ def tensorboard_logdir(run_dir: str) -> str:
 
 def cmd_tensorboard(args) -> int:
     logdir = tensorboard_logdir(args.run)
+    if not os.path.isdir(logdir):
+        raise FileNotFoundError(f"{args.run} has no training logs ({logdir} is missing): "
+                                "has the run's MSMTTrainer finished?")
+    import importlib.util
+    if importlib.util.find_spec("pkg_resources") is None:  # TensorBoard 2.16 imports it.
+        print("msmt tensorboard: error: TensorBoard 2.16 needs pkg_resources, which setuptools "
+              ">= 82 no longer ships: pip install 'setuptools<82'", file=sys.stderr)
+        return 2
     command = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", logdir,
                "--host", args.host, "--port", str(args.port)]
     print(" ".join(command), flush=True)
+    print(f"TensorBoard on http://{args.host}:{args.port}/ (one run per Trainer execution: "
+          "train, validation, diagnostics; Ctrl-C stops it)", flush=True)
     return subprocess.call(command)
 
 
@@ -151,7 +167,11 @@ def cmd_report(args) -> int:
     run_dir = _run_dir(args.run)
     spec = specs.load_dataset_spec(args.dataset)
     result = report.load_run(os.path.join(run_dir, "metadata.sqlite"), spec)
-    print(report.summary(result, run_dir, report.read_oracle_auc(spec)))
+    oracle_auc = report.read_oracle_auc(spec)
+    print(report.summary(result, run_dir, oracle_auc))
+    html_path = report.write_html(result, run_dir, args.html or os.path.join(run_dir, "report.html"),
+                                  oracle_auc)
+    print(f"HTML report: {html_path}")
     return 0
 
 
@@ -168,9 +188,38 @@ def cmd_check(args) -> int:
 
 def cmd_kubeflow_compile(args) -> int:
     from kubeflow import runner
-    spec = runner.compile_pipeline(build_config(args), args.output, args.pipeline_root, args.image)
+    spec = runner.compile_pipeline(build_config(args), args.output, args.pipeline_root, args.image,
+                                   data_root=args.data_root)
     tasks = sorted(spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    parameters = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
     print(f"Wrote {args.output}: pipeline {spec['displayName']!r} with tasks {', '.join(tasks)}")
+    print(f"Runtime parameters (defaults): pipeline root {args.pipeline_root!r}, " + ", ".join(
+        f"{name} {p.get('defaultValue')!r}" for name, p in sorted(parameters.items())))
+    return 0
+
+
+def cmd_kubeflow_schedule(args) -> int:
+    from kubeflow import schedule
+    job = schedule.load_job(args.spec)
+    client = schedule.connect(args.host, args.namespace)
+    done = schedule.schedule(
+        client, job, args.experiment, args.cron, args.max_concurrency, version=args.version,
+        name=args.name, pipeline_root=args.pipeline_root,
+        parameters=schedule.parse_parameters(args.param))
+    print(f"Recurring run {done.recurring_run_id} ({args.cron!r}, at most "
+          f"{args.max_concurrency} at a time, no catch-up) in experiment {done.experiment_id}: "
+          f"pipeline {done.pipeline_id}, version {done.version_id}"
+          + (f"; replaced {', '.join(done.replaced)}" if done.replaced else ""))
+    return 0
+
+
+def cmd_kubeflow_runs(args) -> int:
+    from kubeflow import schedule
+    runs = schedule.list_runs(schedule.connect(args.host, args.namespace), args.experiment,
+                              args.limit)
+    print(f"{'id':<38} {'state':<10} {'created':<26} name")
+    for run in runs:
+        print(f"{run['id']:<38} {run['state'] or '':<10} {run['created']:<26} {run['name']}")
     return 0
 
 
@@ -178,11 +227,31 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic", help="built-in spec name or spec file")
     p.add_argument("--data", nargs="+", help="read these files instead of the spec's")
     p.add_argument("--model", default="mmoe", help="built-in model spec name or spec file")
-    p.add_argument("--selector", default="saliency", choices=["saliency", "none"])
+    p.add_argument("--selector", default="saliency",
+                   choices=["multisfs", "multifs", "mi", "chi2", "lasso", "saliency", "none"],
+                   help="the FeatureSelector's method (README: Feature selection)")
+    p.add_argument("--selector-param", action="append", metavar="KEY=VALUE",
+                   help="a parameter of the selector, repeatable, YAML value (e.g. "
+                        "compress_ratio=0.3, k=12, gnn=false, shared=intersection)")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
-    p.add_argument("--beam-workers", type=int, default=2)
+    p.add_argument("--beam-workers", type=int, default=2, help="direct runner's worker processes")
+    p.add_argument("--beam-runner", choices=["direct", "flink", "spark", "dataflow"],
+                   help="where the Beam-powered components run (default: the --beam-config "
+                        "file's, else direct)")
+    p.add_argument("--beam-arg", action="append", metavar="KEY=VALUE",
+                   help="a Beam pipeline option, repeatable (e.g. flink_master=host:8081, "
+                        "environment_type=DOCKER, project=my-gcp-project)")
+    p.add_argument("--beam-config", metavar="FILE.yaml",
+                   help="Beam runner and options as YAML: {runner: ..., options: {...}}")
+    p.add_argument("--analyzer-cache", action="store_true",
+                   help="Transform reuses the latest run's analyzer cache (new data spans, code "
+                        "edits); every run then re-executes Transform instead of using TFX's cache")
     p.add_argument("--epochs", type=int, help="override the model spec's epochs")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--tune", action="store_true",
+                   help="run the Tuner (KerasTuner) over the model spec's tuning: block first")
+    p.add_argument("--tune-trials", type=int, default=4, help="the Tuner's max_trials")
+    p.add_argument("--tune-algorithm", default="random", choices=["random", "bayesian"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -209,9 +278,11 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--port", type=int, default=6006)
     board.set_defaults(func=cmd_tensorboard)
 
-    rep = sub.add_parser("report", help="print a finished run's per scenario x task table")
+    rep = sub.add_parser("report", help="print a finished run's per scenario x task table and "
+                                        "write its HTML report")
     rep.add_argument("run")
     rep.add_argument("--dataset", default="synthetic")
+    rep.add_argument("--html", help="where to write the HTML report (default RUN/report.html)")
     rep.set_defaults(func=cmd_report)
 
     kubeflow = sub.add_parser("kubeflow", help="Kubeflow Pipelines").add_subparsers(
@@ -221,7 +292,33 @@ def parser() -> argparse.ArgumentParser:
     kf_compile.add_argument("--output", required=True, help="pipeline spec JSON to write")
     kf_compile.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/msmt")
     kf_compile.add_argument("--image", default="msmt-tfx:latest")
+    kf_compile.add_argument("--data-root", help="default of the data_root runtime parameter "
+                            "(default: the directory of the dataset's files)")
     kf_compile.set_defaults(func=cmd_kubeflow_compile)
+
+    kf_schedule = kubeflow.add_parser(
+        "schedule", help="create or replace a recurring run of a compiled spec (kfp client)")
+    kf_schedule.add_argument("--host", required=True, help="KFP API, e.g. http://127.0.0.1:8888")
+    kf_schedule.add_argument("--spec", required=True, help="the JSON `kubeflow compile` wrote")
+    kf_schedule.add_argument("--experiment", required=True)
+    kf_schedule.add_argument("--cron", required=True,
+                             help="6 fields, seconds first: '0 0 3 * * *' is 03:00 daily")
+    kf_schedule.add_argument("--max-concurrency", type=int, default=1)
+    kf_schedule.add_argument("--version", help="pipeline version name (default: name-time)")
+    kf_schedule.add_argument("--name", help="recurring run name (default: the pipeline's)")
+    kf_schedule.add_argument("--pipeline-root", help="default: the one compiled in")
+    kf_schedule.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                             help="runtime parameter, e.g. data_root=gs://b/data or "
+                             "beam_pipeline_args='[\"--runner=DataflowRunner\"]'")
+    kf_schedule.add_argument("--namespace", help="multi-user KFP: your namespace")
+    kf_schedule.set_defaults(func=cmd_kubeflow_schedule)
+
+    kf_runs = kubeflow.add_parser("runs", help="list recent runs (id, state, created, name)")
+    kf_runs.add_argument("--host", required=True)
+    kf_runs.add_argument("--experiment")
+    kf_runs.add_argument("--limit", type=int, default=10)
+    kf_runs.add_argument("--namespace")
+    kf_runs.set_defaults(func=cmd_kubeflow_runs)
 
     check = sub.add_parser("check", help="validate a dataset spec against its files")
     check.add_argument("--dataset", default="synthetic")

@@ -3,9 +3,9 @@
 Every task output gets AUC, binary cross-entropy, calibration, mean label and
 prediction and example count, overall and per scenario slice (each level of a
 scenario hierarchy, and the full path). The blessing thresholds (an AUC floor
-and a no-regression bound against the latest blessed model) apply to the
-overall slice and to every scenario slice, so a new scenario is covered
-without a hand edit.
+and a no-regression bound against the latest blessed model) apply to every
+task output, on the overall slice, every level of the scenario hierarchy and
+every scenario slice, so a new scenario is covered without a hand edit.
 """
 
 from typing import List
@@ -36,7 +36,9 @@ def eval_config(spec: DatasetSpec, thresholds: EvalThresholds) -> tfma.EvalConfi
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -thresholds.max_auc_regression}))
-    gated_slices = [tfma.SlicingSpec(), scenario_slicing_spec(spec)]
+    # Gated: overall, every level of the scenario hierarchy and every scenario; each
+    # task output separately (a MetricConfig applies per output of its MetricsSpec).
+    gated_slices = slicing_specs(spec)
     metrics = [
         tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
             tfma.PerSliceMetricThreshold(slicing_specs=gated_slices, threshold=auc_threshold)]),

@@ -506,8 +506,13 @@ _TRAINING_DEFAULTS = {
     "early_stopping_patience": 2,
     "seed": 0,
     "scenario_loss_weights": "none",  # "inverse_share": weight each example by 1 / its scenario's share.
+    "strategy": "mirrored",  # "multi_worker": MultiWorkerMirroredStrategy from TF_CONFIG.
 }
 SCENARIO_LOSS_WEIGHTS = ("none", "inverse_share")
+TRAINING_STRATEGIES = ("mirrored", "multi_worker")  # models/distribute.py
+TUNABLE_TRAINING_KEYS = ("learning_rate", "batch_size")
+_SEARCH_SPACE_KEYS = ("min", "max", "step", "sampling", "values")
+SEARCH_SAMPLINGS = ("linear", "log")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -521,6 +526,13 @@ class ModelSpec:
     hparams: Tuple[Tuple[str, Any], ...]
     training: Tuple[Tuple[str, Any], ...]
     esmm: bool = False  # Compose dependent tasks as ESMM: p(child) = p(parent) * p(child | parent).
+    # The Tuner's search space: (name, ((key, value), ...)) per tuned hyper-parameter, keys
+    # among min, max, step, sampling (a range) or values (a choice). See ``search_space``.
+    tuning: Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...] = ()
+
+    @property
+    def search_space(self) -> Dict[str, Dict[str, Any]]:
+        return {name: dict(space) for name, space in self.tuning}
 
     @property
     def hparams_dict(self) -> Dict[str, Any]:
@@ -538,6 +550,8 @@ class ModelSpec:
         d = json.loads(text)
         d["hparams"] = tuple((k, _freeze(v)) for k, v in d["hparams"])
         d["training"] = tuple((k, _freeze(v)) for k, v in d["training"])
+        d["tuning"] = tuple((name, tuple((k, _freeze(v)) for k, v in space))
+                            for name, space in d.get("tuning", ()))
         return cls(**d)
 
 
@@ -547,7 +561,7 @@ def _freeze(value: Any) -> Any:
 
 def parse_model_spec(data: Any, source: str) -> ModelSpec:
     top = _Reader(source, "", data, ("name", "architecture", "embedding_dim", "esmm", "hparams",
-                                     "training"))
+                                     "training", "tuning"))
     architecture = top.get("architecture", (str,), required=True)
     embedding_dim = top.get("embedding_dim", (int,), 16)
     if embedding_dim < 1:
@@ -556,18 +570,61 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     training = top.sub("training", tuple(_TRAINING_DEFAULTS))
     values = dict(_TRAINING_DEFAULTS)
     for key, default in _TRAINING_DEFAULTS.items():
-        kinds = {"learning_rate": (float, int), "scenario_loss_weights": (str,)}.get(key, (int,))
+        kinds = {"learning_rate": (float, int), "scenario_loss_weights": (str,),
+                 "strategy": (str,)}.get(key, (int,))
         values[key] = training.get(key, kinds, default)
         if key == "scenario_loss_weights":
             if values[key] not in SCENARIO_LOSS_WEIGHTS:
                 raise training.error(key, f"must be one of {SCENARIO_LOSS_WEIGHTS}, got {values[key]!r}")
+        elif key == "strategy":
+            if values[key] not in TRAINING_STRATEGIES:
+                raise training.error(key, f"must be one of {TRAINING_STRATEGIES}, got "
+                                          f"{values[key]!r}{_suggest(values[key], TRAINING_STRATEGIES)}")
         elif values[key] is not None and values[key] <= 0 and key != "seed":
             raise training.error(key, f"must be > 0, got {values[key]}")
     return ModelSpec(
         name=top.get("name", (str,), architecture), source=source, architecture=architecture,
         embedding_dim=embedding_dim, esmm=top.get("esmm", (bool,), False),
         hparams=tuple(sorted((str(k), _freeze(v)) for k, v in hparams.items())),
-        training=tuple(sorted(values.items())))
+        training=tuple(sorted(values.items())),
+        tuning=_parse_search_space(top, hparams))
+
+
+def _parse_search_space(top: "_Reader", hparams: Mapping[str, Any]) -> Tuple:
+    """``tuning:`` maps a hyper-parameter to a range ``{min, max, step, sampling}`` or a
+    choice ``{values: [...]}``; it must be a tunable training key, ``embedding_dim`` or one
+    of the spec's ``hparams``."""
+    block = top.get("tuning", (dict,), {})
+    tunable = list(TUNABLE_TRAINING_KEYS) + ["embedding_dim"] + [str(k) for k in hparams]
+    result = []
+    for name in sorted(block):
+        if name not in tunable:
+            raise top.error(f"tuning.{name}", "not a tunable hyper-parameter of this spec"
+                            f"{_suggest(str(name), tunable)}; tunable: {', '.join(tunable)}")
+        space = _Reader(top.source, f"tuning.{name}", block[name], _SEARCH_SPACE_KEYS)
+        if "values" in space.data:
+            if set(space.data) != {"values"}:
+                raise space.error("values", "a choice takes no min, max, step or sampling")
+            values = space.get("values", (list,), required=True)
+            if not values or not all(isinstance(v, (int, float, str, bool)) for v in values):
+                raise space.error("values", f"expected a non-empty list of numbers or strings, "
+                                            f"got {values!r}")
+            result.append((str(name), (("values", tuple(values)),)))
+            continue
+        low = space.get("min", (int, float), required=True)
+        high = space.get("max", (int, float), required=True)
+        if not low < high:
+            raise space.error("max", f"must be greater than min ({low}), got {high}")
+        sampling = space.get("sampling", (str,), "linear")
+        if sampling not in SEARCH_SAMPLINGS:
+            raise space.error("sampling", f"must be one of {SEARCH_SAMPLINGS}, got {sampling!r}")
+        if sampling == "log" and low <= 0:
+            raise space.error("min", f"must be > 0 with log sampling, got {low}")
+        entry = [("max", high), ("min", low), ("sampling", sampling)]
+        if space.get("step", (int, float)) is not None:
+            entry.append(("step", space.get("step", (int, float))))
+        result.append((str(name), tuple(entry)))
+    return tuple(result)
 
 
 def load_model_spec(name_or_path: str) -> ModelSpec:

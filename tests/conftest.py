@@ -56,3 +56,68 @@ def pipeline_runs(synthetic_data, tmp_path_factory):
     local_runner.run(config)
     third = report.load_run(config.metadata_path, spec)
     return config, first, (second, third), truth
+
+
+def write_degraded_split(data_path: str, directory: str, seed: int = 0):
+    """Train/eval files of ``data_path`` (eval: row_id % 5 == 0), and a second train file
+    in which the largest scenario's labels are shuffled (its rows' (click, conversion)
+    pairs permuted, so conversion still implies click). Returns the paths and the scenario.
+    """
+    import numpy as np
+    import pandas as pd
+    frame = pd.read_csv(data_path)
+    is_eval = frame["row_id"] % 5 == 0
+    train, evaluation = frame[~is_eval], frame[is_eval]
+    scenario = train["domain"].value_counts().idxmax()
+    rows = np.flatnonzero((train["domain"] == scenario).to_numpy())
+    degraded = train.copy()
+    order = np.random.default_rng(seed).permutation(rows)
+    for label in ("click", "conversion"):
+        column = degraded.columns.get_loc(label)
+        degraded.iloc[rows, column] = train.iloc[order, column].to_numpy()
+    paths = {name: os.path.join(directory, f"{name}.csv.gz")
+             for name in ("train", "eval", "train_degraded")}
+    for name, part in (("train", train), ("eval", evaluation), ("train_degraded", degraded)):
+        part.to_csv(paths[name], index=False)
+    channel = train.loc[train["domain"] == scenario, "channel"].iloc[0]
+    return paths, f"{channel}/{scenario}"
+
+
+@pytest.fixture(scope="session")
+def blessing_runs(synthetic_data, tmp_path_factory):
+    """A good model, then a degraded one, in one pipeline (one root, one MLMD store).
+
+    The eval file is the same for both; the second run's train file has the
+    largest scenario's labels shuffled. Returns the config of each run, their
+    RunResults and the degraded scenario slice ("channel/domain").
+    """
+    from tensorflow.python.distribute import mirrored_strategy
+
+    from pipeline import configs, local_runner, report
+
+    data_path, _ = synthetic_data
+    paths, degraded_scenario = write_degraded_split(
+        data_path, str(tmp_path_factory.mktemp("blessing_data")))
+    base = specs.load_dataset_spec("synthetic")
+    output_dir = str(tmp_path_factory.mktemp("blessing_runs"))
+    model = small_model_spec(epochs=6)
+    model = dataclasses.replace(model, training=tuple(sorted(
+        {**model.training_dict, "batch_size": 128}.items())))
+    results = []
+    for train in (paths["train"], paths["train_degraded"]):
+        spec = dataclasses.replace(
+            base, files=(specs.InputFile(train, "train"), specs.InputFile(paths["eval"], "eval")),
+            split_method="files", split_key=None)
+        # The floor is low: the smallest slices have a few dozen positives, and the good
+        # run must be blessed; the no-regression bound is what the degraded run trips.
+        config = configs.PipelineConfig(
+            dataset=spec, model=model, output_dir=output_dir,
+            pipeline_name="msmt-blessing", beam_workers=1,
+            thresholds=configs.EvalThresholds(auc_floor=0.4, max_auc_regression=0.03))
+        # Two Trainers in one process: each MirroredStrategy needs its own collective keys
+        # (as in test_models.py), else the second model's all-reduce meets the first's shapes.
+        mirrored_strategy.MirroredStrategy._collective_key_base += 100_000
+        local_runner.run(config)
+        results.append((config, report.load_run(config.metadata_path, spec)))
+    mirrored_strategy.MirroredStrategy._collective_key_base += 100_000  # For the next one.
+    return results[0], results[1], degraded_scenario

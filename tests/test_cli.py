@@ -110,3 +110,7 @@ def test_kubeflow_compile_writes_a_pipeline_spec_with_every_component(tmp_path, 
     executors = compiled["pipelineSpec"]["deploymentSpec"]["executors"]
     assert all(e["container"]["image"] == "example.com/msmt:1"
                for e in executors.values() if "container" in e)
+    parameters = compiled["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["data_root"]["defaultValue"] == str(tmp_path)
+    assert parameters["beam_pipeline_args"]["parameterType"] == "LIST"
+    assert compiled["pipelineSpec"]["defaultPipelineRoot"] == "gs://bucket/msmt"

@@ -15,6 +15,7 @@ line and reason, and the run fails if more than the spec's
 """
 
 import csv
+import dataclasses
 import glob
 import gzip
 import hashlib
@@ -65,9 +66,16 @@ def files_fingerprint(spec: DatasetSpec) -> str:
     return digest.hexdigest()
 
 
+def data_root(spec: DatasetSpec) -> str:
+    """The directory holding every input file: ExampleGen's ``input_base``."""
+    paths = [p for f in spec.files for p in (f.matches() or [f.path])]
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
 def spec_to_custom_config(spec: DatasetSpec) -> example_gen_pb2.CustomConfig:
-    """Packs the spec, and the input files' fingerprint so that caching sees new data."""
-    payload = json.dumps({"spec": spec.to_json(), "files_fingerprint": files_fingerprint(spec)})
+    """Packs the spec, its data root and the input files' fingerprint (caching sees new data)."""
+    payload = json.dumps({"spec": spec.to_json(), "data_root": data_root(spec),
+                          "files_fingerprint": files_fingerprint(spec)})
     config = example_gen_pb2.CustomConfig()
     config.custom_config.Pack(wrappers_pb2.StringValue(value=payload))
     return config
@@ -82,7 +90,17 @@ def spec_from_exec_properties(exec_properties: Dict[str, Any]) -> DatasetSpec:
         config = raw
     value = wrappers_pb2.StringValue()
     config.custom_config.Unpack(value)
-    return DatasetSpec.from_json(json.loads(value.value)["spec"])
+    payload = json.loads(value.value)
+    spec = DatasetSpec.from_json(payload["spec"])
+    input_base = exec_properties.get(standard_component_specs.INPUT_BASE_KEY)
+    if input_base and payload.get("data_root") and input_base != payload["data_root"]:
+        # The data root is a runtime parameter (Kubeflow): the spec's files, relative
+        # to the data root they were compiled with, are read under the one given.
+        spec = dataclasses.replace(spec, files=tuple(
+            dataclasses.replace(f, path=os.path.join(
+                input_base, os.path.relpath(f.path, payload["data_root"])))
+            for f in spec.files))
+    return spec
 
 
 class RowConverter:
@@ -262,7 +280,7 @@ def _SpecFilesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
     spec = spec_from_exec_properties(exec_properties)
     split = exec_properties[_SPLIT_BY_PATTERN_KEY][split_pattern]
     items = [(path, f.constants) for f in spec.files
-             if split == "all" or f.split == split for path in f.matches()]
+             if split == "all" or f.split == split for path in sorted(tf.io.gfile.glob(f.path))]
     if not items:
         raise BadInputError(f"dataset {spec.name!r}: no input file matches for split {split!r}")
     quarantine = exec_properties[_QUARANTINE_KEY]
@@ -330,21 +348,25 @@ def check_output(spec: DatasetSpec, examples, quarantine: str) -> None:
                 f"add data or change split (eval_fraction={spec.eval_fraction}) in {spec.source}")
 
 
-def make_example_gen(spec: DatasetSpec) -> FileBasedExampleGen:
-    """A FileBasedExampleGen running this executor over the spec's files."""
+def make_example_gen(spec: DatasetSpec, input_base: Any = None) -> FileBasedExampleGen:
+    """A FileBasedExampleGen running this executor over the spec's files.
+
+    ``input_base`` (e.g. a Kubeflow runtime parameter) replaces the spec's data root;
+    the files are then read at the same paths relative to it.
+    """
     paths = [p for f in spec.files for p in (f.matches() or [f.path])]
-    input_base = os.path.commonpath([os.path.dirname(p) for p in paths])
+    spec_root = data_root(spec)
     if spec.split_method == "files":
         splits = []
         for split in ("train", "eval"):
             first = next(p for f in spec.files if f.split == split for p in (f.matches() or [f.path]))
             splits.append(example_gen_pb2.Input.Split(
-                name=split, pattern=os.path.relpath(first, input_base)))
+                name=split, pattern=os.path.relpath(first, spec_root)))
         input_config = example_gen_pb2.Input(splits=splits)
         output_config = example_gen_pb2.Output()
     else:
         input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(
-            name="all", pattern=os.path.relpath(paths[0], input_base))])
+            name="all", pattern=os.path.relpath(paths[0], spec_root))])
         eval_buckets = min(99, max(1, round(100 * spec.eval_fraction)))
         split_config = example_gen_pb2.SplitConfig(splits=[
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
@@ -353,6 +375,7 @@ def make_example_gen(spec: DatasetSpec) -> FileBasedExampleGen:
             split_config.partition_feature_name = spec.split_key
         output_config = example_gen_pb2.Output(split_config=split_config)
     return FileBasedExampleGen(
-        input_base=input_base, input_config=input_config, output_config=output_config,
+        input_base=spec_root if input_base is None else input_base,
+        input_config=input_config, output_config=output_config,
         custom_config=spec_to_custom_config(spec),
         custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))

@@ -29,6 +29,9 @@ class FeatureSelectorSpec(ComponentSpec):
 class FeatureSelector(base_component.BaseComponent):
     """Scores the fields per (scenario, task) on Transform's output and emits a FeatureSelection.
 
+    ``method`` is one of ``executor.METHODS`` (multisfs, multifs, the scikit-learn
+    baselines, saliency, none) and ``params`` its parameters (validated here).
+
     With ``anomalies`` wired in, it first refuses to go on (and so stops the run
     before training) when ExampleValidator found any anomaly.
     """
@@ -42,6 +45,7 @@ class FeatureSelector(base_component.BaseComponent):
                  anomalies: Optional[types.BaseChannel] = None):
         if method not in executor.METHODS:
             raise ValueError(f"FeatureSelector: unknown method {method!r}; known: {executor.METHODS}")
+        executor.validate_params(method, params)  # A bad key fails when the pipeline is built.
         super().__init__(spec=FeatureSelectorSpec(
             transformed_examples=transformed_examples, transform_graph=transform_graph,
             anomalies=anomalies, dataset_spec=dataset_spec_json, method=method,

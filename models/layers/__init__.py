@@ -11,6 +11,7 @@ from models.layers.star import (STAR, PartitionedNormalization, ScenarioAuxiliar
 from models.layers.aesm2 import AESM2, ExpertSelectionGate, MultiScenarioLayer, MultiTaskLayer
 from models.layers.hinet import HiNet, ScenarioAwareAttention, ScenarioCGC, SubExpertIntegration
 from models.layers.automtl import AutoMTLDerived, AutoMTLSupernet, ChoiceBlock
+from models.layers.selection import ScenarioFieldMask, ValueMask
 
 __all__ = ["FieldEmbedding", "MLP", "ParallelMLP", "ScenarioSelect", "SoftmaxGate",
            "TaskProbabilities", "flatten_fields", "mix_experts", "MultiScenarioMMoE",
@@ -18,4 +19,4 @@ __all__ = ["FieldEmbedding", "MLP", "ParallelMLP", "ScenarioSelect", "SoftmaxGat
            "ScenarioAuxiliaryNetwork", "StarTopologyDense", "AESM2", "ExpertSelectionGate",
            "MultiScenarioLayer", "MultiTaskLayer", "HiNet", "ScenarioAwareAttention",
            "ScenarioCGC", "SubExpertIntegration", "AutoMTLDerived", "AutoMTLSupernet",
-           "ChoiceBlock"]
+           "ChoiceBlock", "ScenarioFieldMask", "ValueMask"]

@@ -390,3 +390,45 @@ class AESM2(keras.layers.Layer):
                 "tower_units": self.tower_units, "lambda_sp": self.lambda_sp,
                 "lambda_sh": self.lambda_sh, "noise_scale": self.noise_scale,
                 "dropout": self.dropout}
+
+    def diagnostics(self, inputs, training=False):
+        """Named diagnostic tensors (``models/diagnostics.py``): every gated layer's weights.
+
+        ``gate_weights/scenario_level_<l>``: the multi-scenario layer of hierarchy level
+        ``l`` (coarse to fine), ``[batch, 1, n]`` (the example's own level-``l`` scenario)
+        for the coarser levels and ``[batch, S, n]`` (every candidate scenario) for the
+        finest; ``gate_weights/task_layer`` ``[batch, S * T, n]``. The weights are the
+        masked softmax of eq. 14, so exactly the selected experts are non-zero;
+        ``expert_selection/<same name>`` is 1.0 where an expert is selected. No
+        auxiliary loss is added.
+        """
+        x = flatten_fields(inputs["embedded"])
+        levels = tf.cast(inputs["scenario_levels"], tf.int32)
+        batch, num_scenarios = tf.shape(x)[0], self.num_scenarios
+        weights = {}
+        s_parts = []
+        for level, size in enumerate(self.scenario_level_sizes):  # As in call().
+            ids = tf.clip_by_value(levels[:, level], 0, size - 1)[:, None]  # [B, 1]
+            s_parts.append(self.scenario_embeddings[level](ids))
+            s = tf.concat(s_parts, axis=-1)
+            layer = self.scenario_layers[level]
+            weights[f"scenario_level_{level}"] = layer.gate([x, s], ids[..., None],
+                                                            training=training)[:, :, 0]
+            x = layer([x, s], ids, training=training)[:, 0]
+        finest = self.scenario_embeddings[-1](tf.range(num_scenarios))
+        s = tf.concat([tf.repeat(p, num_scenarios, axis=1) for p in s_parts]
+                      + [tf.broadcast_to(finest[None], [batch, num_scenarios, self.embedding_dim])],
+                      axis=-1)
+        candidates = tf.broadcast_to(tf.range(num_scenarios), [batch, num_scenarios])
+        layer = self.scenario_layers[-1]
+        weights[f"scenario_level_{len(self.scenario_level_sizes)}"] = layer.gate(
+            [x, s], candidates[..., None], training=training)[:, :, 0]  # [B, S, n]
+        z = layer([x, s], candidates, training=training)  # [B, S, H]
+        tasks = tf.broadcast_to(tf.range(self.num_tasks), [batch, num_scenarios, self.num_tasks])
+        task_weights = self.task_layer.gate([z, s], tasks, training=training)  # [B, S, T, n]
+        weights["task_layer"] = tf.reshape(task_weights,
+                                           [-1, num_scenarios * self.num_tasks, self.num_experts])
+        result = {f"gate_weights/{k}": w for k, w in weights.items()}
+        result.update({f"expert_selection/{k}": tf.cast(w > 0, w.dtype)
+                       for k, w in weights.items()})
+        return result

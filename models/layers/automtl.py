@@ -609,6 +609,15 @@ class AutoMTLSupernet(_AutoMTLBase):
                 "expert_ops": self.expert_ops, "num_experts": self.num_experts,
                 "num_expert_blocks": self.num_expert_blocks, "jsd_weight": self.jsd_weight}
 
+    def diagnostics(self, inputs, training=False):
+        """Named diagnostic tensors (``models/diagnostics.py``): ``gate_weights/experts``
+        ``[batch, S * T, num_experts]``, each head's ``softmax(beta^(k))`` (the same for
+        every example)."""
+        p = self.expert_distributions()
+        batch = tf.shape(inputs["embedded"])[0]
+        shape = tf.concat([[batch], tf.shape(p)], axis=0)
+        return {"gate_weights/experts": tf.broadcast_to(p[None], shape)}
+
 
 # A small heterogeneous default, for a derived network written by hand.
 DEFAULT_EXPERT_OPS = (("mlp_64", "bit_gate"), ("conv_3", "mlp_32"), ("bit_gate", "conv_5"),
@@ -676,3 +685,17 @@ class AutoMTLDerived(_AutoMTLBase):
     def get_config(self):
         return {**super().get_config(), "interaction_op": self.interaction_op,
                 "expert_ops": self.expert_ops, "selected_experts": self.selected_experts}
+
+    def diagnostics(self, inputs, training=False):
+        """Named diagnostic tensors (``models/diagnostics.py``), over all derived experts.
+
+        ``gate_weights/experts`` ``[batch, S * T, num_experts]``: each head's gate, zero
+        on the experts the search did not select for it; ``expert_selection/experts``
+        (same shape): 1.0 where the head selected the expert.
+        """
+        x = self.projection(self.interaction(inputs["embedded"]))
+        gate_weights = self.gates(x)  # [B, S*T, c]
+        selected = tf.one_hot(self._selected, len(self.expert_ops), dtype=gate_weights.dtype)
+        weights = tf.einsum("bgc,gce->bge", gate_weights, selected)  # [B, S*T, E]
+        selection = tf.reduce_max(selected, axis=1)[None] * tf.ones_like(weights)
+        return {"gate_weights/experts": weights, "expert_selection/experts": selection}

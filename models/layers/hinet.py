@@ -253,3 +253,24 @@ class HiNet(keras.layers.Layer):
                 "num_specific_experts": self.num_specific_experts,
                 "expert_units": self.expert_units, "tower_units": self.tower_units,
                 "san_dim": self.san_dim, "dropout": self.dropout}
+
+    def diagnostics(self, inputs, training=False):
+        """Named diagnostic tensors (``models/diagnostics.py``).
+
+        ``gate_weights/shared_sei`` ``[batch, 1, K]`` and ``gate_weights/specific_sei``
+        ``[batch, S, K]``: the SEI gates over the sub-experts (eq. 2);
+        ``gate_weights/task_extraction`` ``[batch, S * T, N_s + N_p]``: each head's CGC
+        gate ``delta_i^j`` (eq. 7, task-shared experts first); ``san_attention``
+        ``[S, S]``: SAN's ``g_a`` (eq. 5, row ``i`` attends over the other scenarios).
+        """
+        x = flatten_fields(inputs["embedded"])
+        s = self.num_scenarios
+        g = self.scenario_shared_expert(x, training=training)
+        s_i = self.scenario_specific_experts(x, training=training)
+        c_i = tf.concat([tf.repeat(g, s, axis=1), s_i, self.san(s_i)], axis=-1)
+        delta = self.task_extraction.gate_weights(c_i)  # [B, S, T, N_s + N_p]
+        return {"gate_weights/shared_sei": self.scenario_shared_expert.gate(x),
+                "gate_weights/specific_sei": self.scenario_specific_experts.gate(x),
+                "gate_weights/task_extraction": tf.reshape(
+                    delta, [-1, s * self.num_tasks, delta.shape[-1]]),
+                "san_attention": self.san.attention_weights()}

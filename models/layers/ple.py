@@ -10,12 +10,13 @@ paper's PLE over ``s``'s tasks and no scenario reads another's specific
 experts. With one scenario the layers are the paper's, unchanged.
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
 
 from models.layers.core import ParallelMLP, flatten_fields
+from models.layers.selection import head_input_mask, validate_head_field_mask
 
 
 @keras.utils.register_keras_serializable(package="msmt")
@@ -164,12 +165,18 @@ class PLE(keras.layers.Layer):
         expert_units: widths of every expert MLP.
         tower_units: hidden widths of each tower (a 1-unit logit layer follows).
         dropout: dropout rate after every expert layer.
+        head_field_mask: optional ``[S * T, num_fields]`` feature selection: head
+            ``k = s * T + t``'s level-1 input (its specific experts and gate) is
+            ``embedded`` masked to its own fields; the shared experts read
+            ``embedded_shared`` when given (the scenario's shared field set, e.g.
+            the intersection of its paths' fields), else ``embedded``.
     """
 
     def __init__(self, num_scenarios: int, num_tasks: int, num_levels: int = 2,
                  num_specific_experts: int = 2, num_shared_experts: int = 4,
                  expert_units: Sequence[int] = (64,), tower_units: Sequence[int] = (32,),
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0,
+                 head_field_mask: Optional[Sequence[Sequence[float]]] = None, **kwargs):
         super().__init__(**kwargs)
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
@@ -180,6 +187,9 @@ class PLE(keras.layers.Layer):
         self.expert_units = [int(u) for u in expert_units]
         self.tower_units = [int(u) for u in tower_units]
         self.dropout = float(dropout)
+        validate_head_field_mask(head_field_mask, self.num_scenarios * self.num_tasks)
+        self.head_field_mask = (None if head_field_mask is None
+                                else [[float(m) for m in row] for row in head_field_mask])
         self.extraction_layers = [
             ExtractionLayer(self.num_scenarios, self.num_tasks, self.num_specific_experts,
                             self.num_shared_experts, self.expert_units, dropout=self.dropout,
@@ -188,9 +198,18 @@ class PLE(keras.layers.Layer):
         self.towers = ParallelMLP(self.num_scenarios * self.num_tasks, self.tower_units + [1],
                                   output_activation=None, name="towers")
 
+    def _level_one_inputs(self, inputs):
+        """The first extraction layer's inputs; per-head ``[B, S*T, F*D]`` when masked."""
+        embedded = inputs["embedded"]
+        x = flatten_fields(embedded)
+        shared = flatten_fields(inputs["embedded_shared"]) if "embedded_shared" in inputs else x
+        if self.head_field_mask is None:
+            return {"task": x, "shared": shared}
+        mask = head_input_mask(self.head_field_mask, embedded.shape[-1])  # [S*T, F*D]
+        return {"task": x[:, None, :] * tf.cast(mask, x.dtype)[None], "shared": shared}
+
     def call(self, inputs, training=None):
-        x = flatten_fields(inputs["embedded"])
-        g = {"task": x, "shared": x}
+        g = self._level_one_inputs(inputs)
         for extraction in self.extraction_layers:
             g = extraction(g, training=training)
         logits = self.towers(g["task"], training=training)  # [B, S*T, 1]
@@ -209,7 +228,25 @@ class PLE(keras.layers.Layer):
                 "num_tasks": self.num_tasks, "num_levels": self.num_levels,
                 "num_specific_experts": self.num_specific_experts,
                 "num_shared_experts": self.num_shared_experts, "expert_units": self.expert_units,
-                "tower_units": self.tower_units, "dropout": self.dropout}
+                "tower_units": self.tower_units, "dropout": self.dropout,
+                "head_field_mask": self.head_field_mask}
+
+    def diagnostics(self, inputs, training=False):
+        """Named diagnostic tensors (``models/diagnostics.py``), per extraction level ``j``.
+
+        ``gate_weights/level_<j>`` ``[batch, S * T, m_t + m_s]``: the task gates (own
+        specific experts first, then the shared ones); below the last level also
+        ``gate_weights/level_<j>_shared`` ``[batch, S, T * m_t + m_s]``: each scenario's
+        shared gate.
+        """
+        g = self._level_one_inputs(inputs)
+        result = {}
+        for j, extraction in enumerate(self.extraction_layers):
+            result[f"gate_weights/level_{j}"] = extraction.gate_weights(g)
+            if extraction.shared_gate:
+                result[f"gate_weights/level_{j}_shared"] = extraction.shared_gates(g["shared"])
+            g = extraction(g, training=training)
+        return result
 
 
 @keras.utils.register_keras_serializable(package="msmt")

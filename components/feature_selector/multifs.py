@@ -1,0 +1,431 @@
+"""MultiFS (WSDM'24): hierarchical gating search over feature values, per scenario.
+
+Every row of the fused embedding table (one per field value, OOV and missing ids
+included) has a continuous shared gate ``g_c^sh`` and one continuous gate
+``g_c^k`` per scenario ``k``, all initialised to 0.5. With temperature ``tau``
+and ``scaling``, the gates are (eq. 6)::
+
+    g^sh = scaling * sigmoid(tau * g_c^sh) / sigmoid(0.5)
+    g^k  = scaling * sigmoid(tau * g_c^k)  / sigmoid(0.5)
+
+The shared gate decides first, through a straight-through hard gate with a
+learnable threshold ``epsilon`` (init ``threshold_init * scaling``)::
+
+    q^sh = S(relu(g^sh - epsilon))                 # step forward, clipped identity backward
+    G^k  = q^sh * g^sh + (1 - q^sh) * g^k           # eq. (5), as reformulated in sec. 2.2
+
+Scenario ``k``'s examples read ``E x * G^k``; the shared path reads ``E x * g^sh``
+through the same network. The search minimises (sec. 2.3)::
+
+    L + lambda_shared * L^sh + sparsity_weight * L^sp + exclusivity_weight * L^or
+
+with ``L`` the BCE of the scenario path summed over tasks, ``L^sh`` the shared
+path's BCE averaged per scenario then over scenarios (so large scenarios do not
+dominate it), ``L^sp`` the L1 norm of the gates and ``L^or`` the overlap
+``sum_{p<r} |g^p * g^r|`` of the scenario gates. As in the authors' code, the
+two penalties read ``sigmoid(g_c)`` (temperature 1), so their pull does not
+vanish as ``tau`` grows (on the synthetic data, penalties on the tempered gates
+of eq. 6 pruned everything sooner: Adam rescales the vanishing gradient).
+``tau`` starts at 1 and is multiplied after every search epoch so that the last
+epoch runs at ``final_temperature`` (a single epoch runs at ``final_temperature``).
+After the search the hard gates are ``g_c > 0`` (eq. 7) and
+``G^k = q^sh * g^sh + (1 - q^sh) * g^k``, with ``q^sh`` read at the final
+temperature and the learned threshold.
+
+Multi-task: a shared bottom MLP over the gated embeddings feeds one tower per
+(scenario, task); the gates are per scenario, shared by that scenario's tasks
+(as in the paper). Batches are streamed: ``batches_fn()`` is called once per epoch.
+
+Field-level output (``SelectorResult.mask``): field ``f`` is kept on scenario
+``s``'s paths iff the values kept in ``s`` carry at least ``min_value_coverage``
+of ``s``'s traffic on ``f`` (counted during the search). ``scores`` is the
+traffic-weighted mean of the continuous gate ``G^s`` at the final temperature
+over the field's values, divided by its maximum ``scaling / sigmoid(0.5)``, so
+in ``[0, 1]``. Both are the same for every task of a scenario.
+"""
+
+import math
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from components.feature_selector import saliency
+from components.feature_selector.result import BatchesFn, SelectorResult
+from models.layers import MLP, FieldEmbedding, ParallelMLP, flatten_fields
+
+DEFAULT_PARAMS: Dict[str, Any] = {
+    "search_epochs": 5,
+    "final_temperature": 100.0,
+    "scaling": 1.0,
+    "threshold_init": 0.95,
+    "lambda_shared": 0.1,
+    "sparsity_weight": 1e-4,
+    "exclusivity_weight": 1e-5,
+    "learning_rate": 1e-2,
+    "mask_learning_rate": 2e-2,
+    "threshold_learning_rate": 1e-3,
+    "embedding_dim": 8,
+    "hidden_units": [64],
+    "tower_units": 16,
+    "min_value_coverage": 0.5,
+    "max_steps_per_epoch": None,
+    "seed": 0,
+}
+
+
+@tf.custom_gradient
+def straight_through_step(x):
+    """Unit step ``1[x > 0]``; backward passes the incoming gradient clipped to [-1, 1]."""
+    def grad(upstream):
+        return tf.clip_by_value(upstream, -1.0, 1.0)
+    return tf.cast(x > 0, x.dtype), grad
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class HierarchicalValueGate(keras.layers.Layer):
+    """MultiFS's shared and per-scenario value gates (eqs. 5-6) with a learnable hard gate.
+
+    Inputs: ``field_ids`` int ``[batch, num_fields]``, each column in its own
+    vocabulary ``[0, vocab_sizes[f])`` (offsets are applied here, as in
+    ``FieldEmbedding``), and ``scenario_id`` int ``[batch]`` in ``[0, num_scenarios)``.
+    Outputs: ``(G_scenario, g_shared)``, both ``[batch, num_fields]``: the gate of
+    each example's value on its scenario's path ``G^k`` and on the shared path ``g^sh``.
+    Adds ``sparsity_weight * L^sp + exclusivity_weight * L^or`` with ``add_loss``.
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], num_scenarios: int, scaling: float = 1.0,
+                 threshold_init: float = 0.95, initial_value: float = 0.5,
+                 sparsity_weight: float = 0.0, exclusivity_weight: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_scenarios = int(num_scenarios)
+        self.scaling = float(scaling)
+        self.threshold_init = float(threshold_init)
+        self.initial_value = float(initial_value)
+        self.sparsity_weight = float(sparsity_weight)
+        self.exclusivity_weight = float(exclusivity_weight)
+        self._offsets = tf.constant(np.concatenate([[0], np.cumsum(self.vocab_sizes)[:-1]]),
+                                    tf.int64)
+        self.num_rows = sum(self.vocab_sizes)
+
+    def build(self, input_shape):
+        init = keras.initializers.Constant(self.initial_value)
+        self.shared_logits = self.add_weight(name="shared_logits", shape=(self.num_rows,),
+                                             initializer=init)  # g_c^sh
+        self.scenario_logits = self.add_weight(
+            name="scenario_logits", shape=(self.num_scenarios, self.num_rows),
+            initializer=init)  # g_c^k
+        self.threshold = self.add_weight(
+            name="threshold", shape=(),
+            initializer=keras.initializers.Constant(self.threshold_init * self.scaling))  # epsilon
+        self.temperature = self.add_weight(name="temperature", shape=(), trainable=False,
+                                           initializer="ones")  # tau
+        super().build(input_shape)
+
+    def continuous_gates(self):
+        """Eq. (6): ``(g^sh [num_rows], g^k [num_scenarios, num_rows])``."""
+        norm = self.scaling / _sigmoid(self.initial_value)
+        return (norm * tf.sigmoid(self.temperature * self.shared_logits),
+                norm * tf.sigmoid(self.temperature * self.scenario_logits))
+
+    def rows(self, field_ids):
+        """Fused-table rows ``[batch, num_fields]`` of per-field ids (clipped to the vocabulary)."""
+        field_ids = tf.clip_by_value(tf.cast(field_ids, tf.int64), 0,
+                                     tf.constant(self.vocab_sizes, tf.int64) - 1)
+        return field_ids + self._offsets
+
+    def call(self, field_ids, scenario_id):
+        rows = self.rows(field_ids)
+        g_shared, g_scenarios = self.continuous_gates()
+        g_sh = tf.gather(g_shared, rows)  # [B, F]
+        g_k = tf.gather_nd(g_scenarios, tf.stack(
+            [tf.broadcast_to(tf.cast(scenario_id, tf.int64)[:, None], tf.shape(rows)), rows], -1))
+        q_sh = straight_through_step(tf.nn.relu(g_sh - self.threshold))
+        gate = q_sh * g_sh + (1.0 - q_sh) * g_k
+        self.add_loss(self.penalty())
+        return gate, g_sh
+
+    def penalty(self):
+        """``sparsity_weight * L^sp + exclusivity_weight * L^or`` on ``sigmoid(g_c)``."""
+        shared, scenarios = tf.sigmoid(self.shared_logits), tf.sigmoid(self.scenario_logits)
+        sparsity = tf.reduce_sum(shared) + tf.reduce_sum(scenarios)
+        # sum_{p<r} g^p g^r = ((sum_p g^p)^2 - sum_p (g^p)^2) / 2, per row.
+        exclusivity = 0.5 * tf.reduce_sum(tf.square(tf.reduce_sum(scenarios, 0))
+                                          - tf.reduce_sum(tf.square(scenarios), 0))
+        return self.sparsity_weight * sparsity + self.exclusivity_weight * exclusivity
+
+    def hard_gates(self):
+        """Eqs. (7), (5): hard ``G^k`` ``[num_scenarios, num_rows]``, ``g^sh`` ``[num_rows]``."""
+        g_shared, _ = self.continuous_gates()
+        q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
+        shared = tf.cast(self.shared_logits > 0, tf.float32)
+        scenarios = tf.cast(self.scenario_logits > 0, tf.float32)
+        return q_sh * shared + (1.0 - q_sh) * scenarios, shared
+
+    def soft_gates(self):
+        """Continuous ``G^k`` ``[num_scenarios, num_rows]`` at the current tau and threshold."""
+        g_shared, g_scenarios = self.continuous_gates()
+        q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
+        return q_sh * g_shared + (1.0 - q_sh) * g_scenarios
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_sizes": self.vocab_sizes,
+                "num_scenarios": self.num_scenarios, "scaling": self.scaling,
+                "threshold_init": self.threshold_init, "initial_value": self.initial_value,
+                "sparsity_weight": self.sparsity_weight,
+                "exclusivity_weight": self.exclusivity_weight}
+
+
+@keras.utils.register_keras_serializable(package="msmt")
+class MultiFSSearchNetwork(keras.Model):
+    """Search network: value gates, embedding table, shared bottom, a tower per (scenario, task).
+
+    Inputs: ``(field_ids [batch, num_fields], scenario_id [batch])``.
+    Outputs: ``(scenario_logits, shared_logits)``, both ``[batch, num_tasks]``: each
+    example's own-scenario towers read ``E x * G^k`` and ``E x * g^sh`` respectively.
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], num_scenarios: int, num_tasks: int,
+                 embedding_dim: int = 8, hidden_units: Sequence[int] = (64,),
+                 tower_units: int = 16, scaling: float = 1.0, threshold_init: float = 0.95,
+                 sparsity_weight: float = 0.0, exclusivity_weight: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_scenarios = int(num_scenarios)
+        self.num_tasks = int(num_tasks)
+        self.embedding_dim = int(embedding_dim)
+        self.hidden_units = [int(u) for u in hidden_units]
+        self.tower_units = int(tower_units)
+        self.scaling = float(scaling)
+        self.threshold_init = float(threshold_init)
+        self.sparsity_weight = float(sparsity_weight)
+        self.exclusivity_weight = float(exclusivity_weight)
+        self.gate = HierarchicalValueGate(self.vocab_sizes, self.num_scenarios, scaling=scaling,
+                                          threshold_init=threshold_init,
+                                          sparsity_weight=sparsity_weight,
+                                          exclusivity_weight=exclusivity_weight, name="value_gate")
+        self.embedding = FieldEmbedding(self.vocab_sizes, self.embedding_dim, name="embedding")
+        self.bottom = MLP(self.hidden_units, name="bottom")
+        self.towers = ParallelMLP(self.num_scenarios * self.num_tasks, [self.tower_units, 1],
+                                  output_activation=None, name="towers")
+
+    def _logits(self, embedded, gate, scenario_id):
+        x = self.bottom(flatten_fields(embedded * gate[..., None]))  # [B, H]
+        logits = tf.reshape(self.towers(x), [-1, self.num_scenarios, self.num_tasks])
+        return tf.gather(logits, tf.cast(scenario_id, tf.int32), axis=1, batch_dims=1)  # [B, T]
+
+    def call(self, inputs):
+        field_ids, scenario_id = inputs
+        gate, g_shared = self.gate(field_ids, scenario_id)
+        embedded = self.embedding(field_ids)  # [B, F, D]
+        return (self._logits(embedded, gate, scenario_id),
+                self._logits(embedded, g_shared, scenario_id))
+
+    def get_config(self):
+        return {"vocab_sizes": self.vocab_sizes, "num_scenarios": self.num_scenarios,
+                "num_tasks": self.num_tasks, "embedding_dim": self.embedding_dim,
+                "hidden_units": self.hidden_units, "tower_units": self.tower_units,
+                "scaling": self.scaling, "threshold_init": self.threshold_init,
+                "sparsity_weight": self.sparsity_weight,
+                "exclusivity_weight": self.exclusivity_weight, "name": self.name}
+
+
+METHOD = "multifs"
+_is_int, _is_number = saliency.is_int, saliency.is_number
+CHECKS = {
+    "search_epochs": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "final_temperature": (lambda v: _is_number(v, 1.0), "a number >= 1"),
+    "scaling": (lambda v: _is_number(v, 0.0, low_open=True), "a number > 0"),
+    "threshold_init": (lambda v: _is_number(v, 0.0, low_open=True), "a number > 0 (times scaling)"),
+    "lambda_shared": (lambda v: _is_number(v, 0.0), "a number >= 0"),
+    "sparsity_weight": (lambda v: _is_number(v, 0.0), "a number >= 0"),
+    "exclusivity_weight": (lambda v: _is_number(v, 0.0), "a number >= 0"),
+    "learning_rate": (lambda v: _is_number(v, 0.0, low_open=True), "a number > 0"),
+    "mask_learning_rate": (lambda v: _is_number(v, 0.0, low_open=True), "a number > 0"),
+    "threshold_learning_rate": (lambda v: _is_number(v, 0.0), "a number >= 0"),
+    "embedding_dim": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "hidden_units": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                     and all(_is_int(u, 1) for u in v), "a non-empty list of integers >= 1"),
+    "tower_units": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
+    "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+}
+
+
+def resolve_params(params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """``params`` over ``DEFAULT_PARAMS``; ValueError naming an unknown key or a bad value."""
+    resolved = saliency.resolve_params(METHOD, params, DEFAULT_PARAMS, CHECKS)
+    return {**resolved, "hidden_units": [int(u) for u in resolved["hidden_units"]]}
+
+
+def temperature_schedule(search_epochs: int, final_temperature: float) -> List[float]:
+    """``tau`` of each search epoch: 1, multiplied each epoch, ``final_temperature`` at the last."""
+    if search_epochs == 1:
+        return [float(final_temperature)]
+    return [float(final_temperature) ** (e / (search_epochs - 1)) for e in range(search_epochs)]
+
+
+def _bce(labels, logits):
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)  # [B, T]
+
+
+def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int,
+           num_tasks: int, params: Optional[Mapping[str, Any]] = None) -> SelectorResult:
+    """Runs the MultiFS search and returns hard value masks per scenario and the field selection.
+
+    ``batches_fn()`` yields ``(field_ids int [B, F], scenario_id int [B], labels float [B, T])``;
+    rows of the unseen-scenario id (``>= num_scenarios``) are skipped. Traffic per value
+    is counted on the first epoch; a scenario with no rows there keeps every value and
+    field, with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated by ``resolve_params``).
+
+    Diagnostics, one entry per epoch: ``temperature``, ``threshold`` (after the epoch),
+    ``loss`` (mean total objective), ``steps``, ``seconds``, ``kept_value_fraction``
+    and ``kept_traffic_fraction`` (per scenario, of the hard ``G^k``),
+    ``shared_value_fraction`` (hard ``g^sh``); then ``final_temperature``,
+    ``final_threshold``, ``value_coverage`` ``[S, F]``, ``scenario_rows``, ``search_seconds``.
+    """
+    p = resolve_params(params)
+    vocab_sizes = [int(v) for v in vocab_sizes]
+    if not vocab_sizes or min(vocab_sizes) < 1:
+        raise ValueError(f"multifs: vocab_sizes must be non-empty positive sizes, "
+                         f"got {vocab_sizes}")
+    if num_scenarios < 1 or num_tasks < 1:
+        raise ValueError(f"multifs: need num_scenarios >= 1 and num_tasks >= 1, got "
+                         f"{num_scenarios} and {num_tasks}")
+    num_fields = len(vocab_sizes)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(p["seed"])
+    network = MultiFSSearchNetwork(
+        vocab_sizes, num_scenarios, num_tasks, embedding_dim=p["embedding_dim"],
+        hidden_units=p["hidden_units"], tower_units=p["tower_units"], scaling=p["scaling"],
+        threshold_init=p["threshold_init"], sparsity_weight=p["sparsity_weight"],
+        exclusivity_weight=p["exclusivity_weight"])
+    network((tf.zeros([1, num_fields], tf.int64), tf.zeros([1], tf.int64)))
+    gate = network.gate
+    gate_vars = [gate.shared_logits, gate.scenario_logits]
+    threshold_vars = [gate.threshold]
+    model_vars = [v for v in network.trainable_variables
+                  if all(v is not g for g in gate_vars + threshold_vars)]
+    optimizers = [(keras.optimizers.Adam(p["learning_rate"]), model_vars),
+                  (keras.optimizers.Adam(p["mask_learning_rate"]), gate_vars),
+                  (keras.optimizers.Adam(p["threshold_learning_rate"]), threshold_vars)]
+    for optimizer, variables in optimizers:
+        optimizer.build(variables)  # slots before tracing, so train_step traces once
+    lambda_shared = float(p["lambda_shared"])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
+                                  tf.TensorSpec([None], tf.int64),
+                                  tf.TensorSpec([None, num_tasks], tf.float32)])
+    def train_step(field_ids, scenario_id, labels):
+        with tf.GradientTape() as tape:
+            scenario_logits, shared_logits = network((field_ids, scenario_id))
+            loss = tf.reduce_sum(tf.reduce_mean(_bce(labels, scenario_logits), 0))  # L
+            # L^sh = (1/K) sum_k L_k^sh over the scenarios present in the batch.
+            per_example = tf.reduce_sum(_bce(labels, shared_logits), -1)
+            sums = tf.math.unsorted_segment_sum(per_example, scenario_id, num_scenarios)
+            counts = tf.math.unsorted_segment_sum(tf.ones_like(per_example), scenario_id,
+                                                  num_scenarios)
+            present = tf.cast(counts > 0, tf.float32)
+            shared_loss = tf.reduce_sum(tf.math.divide_no_nan(sums, counts)) / tf.maximum(
+                tf.reduce_sum(present), 1.0)
+            total = loss + lambda_shared * shared_loss + tf.add_n(network.losses)
+        variables = [v for _, vs in optimizers for v in vs]
+        grads = tape.gradient(total, variables)
+        start = 0
+        for optimizer, vs in optimizers:
+            optimizer.apply_gradients(zip(grads[start:start + len(vs)], vs))
+            start += len(vs)
+        return total
+
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+    upper = np.asarray(vocab_sizes, np.int64) - 1
+    counts = np.zeros([num_scenarios, gate.num_rows], np.float64)
+    schedule = temperature_schedule(p["search_epochs"], p["final_temperature"])
+    history: Dict[str, list] = {"temperature": [], "threshold": [], "loss": [], "steps": [],
+                                "seconds": [], "kept_value_fraction": [],
+                                "kept_traffic_fraction": [], "shared_value_fraction": []}
+    for epoch, tau in enumerate(schedule):
+        epoch_start = time.perf_counter()
+        gate.temperature.assign(tau)
+        losses, steps = [], 0
+        for field_ids, scenario_id, labels in batches_fn():
+            if p["max_steps_per_epoch"] is not None and steps >= p["max_steps_per_epoch"]:
+                break
+            field_ids, scenario_id, labels = _known_rows(field_ids, scenario_id, labels,
+                                                         num_scenarios, num_fields, num_tasks)
+            if scenario_id.shape[0] == 0:
+                continue
+            if epoch == 0:
+                rows = np.clip(field_ids.numpy(), 0, upper) + offsets
+                flat = scenario_id.numpy()[:, None] * gate.num_rows + rows
+                counts += np.bincount(flat.ravel(), minlength=counts.size).reshape(counts.shape)
+            losses.append(float(train_step(field_ids, scenario_id, labels)))
+            steps += 1
+        if epoch == 0 and counts.sum() == 0:
+            raise ValueError("multifs: batches_fn() yielded no rows of a known scenario "
+                             f"(scenario ids in [0, {num_scenarios}))")
+        hard, shared = (g.numpy() for g in gate.hard_gates())
+        history["temperature"].append(float(tau))
+        history["threshold"].append(float(gate.threshold.numpy()))
+        history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
+        history["steps"].append(steps)
+        history["seconds"].append(time.perf_counter() - epoch_start)
+        history["kept_value_fraction"].append(hard.mean(axis=1).tolist())
+        history["kept_traffic_fraction"].append(
+            (np.sum(counts * hard, 1) / np.maximum(counts.sum(1), 1)).tolist())
+        history["shared_value_fraction"].append(float(shared.mean()))
+    gate.temperature.assign(float(p["final_temperature"]))
+
+    hard, _ = (g.numpy() for g in gate.hard_gates())
+    soft = gate.soft_gates().numpy() / (gate.scaling / _sigmoid(gate.initial_value))
+    seen = counts.sum(1) > 0  # [S]
+    hard[~seen] = 1.0
+    coverage = np.full([num_scenarios, num_fields], np.nan)
+    scores = np.full([num_scenarios, num_fields], np.nan)
+    for f, (start, size) in enumerate(zip(offsets, vocab_sizes)):
+        traffic = counts[:, start:start + size]  # [S, V_f]
+        total = traffic.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coverage[:, f] = np.where(seen, (traffic * hard[:, start:start + size]).sum(1) / total,
+                                      np.nan)
+            scores[:, f] = np.where(seen, (traffic * soft[:, start:start + size]).sum(1) / total,
+                                    np.nan)
+    field_mask = np.where(np.isnan(coverage), 1.0, coverage >= p["min_value_coverage"])
+    value_masks = [hard[:, start:start + size].astype(np.float32)
+                   for start, size in zip(offsets, vocab_sizes)]
+    diagnostics = {
+        **history,
+        "final_temperature": float(gate.temperature.numpy()),
+        "final_threshold": float(gate.threshold.numpy()),
+        "value_coverage": coverage.tolist(),
+        "scenario_rows": [float(c) / num_fields for c in counts.sum(1)],
+        "search_seconds": time.perf_counter() - started,
+    }
+    return SelectorResult(
+        scores=np.repeat(scores[:, None, :], num_tasks, axis=1),
+        mask=np.repeat(field_mask[:, None, :], num_tasks, axis=1).astype(np.float32),
+        params=p, value_masks=value_masks, diagnostics=diagnostics)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _known_rows(field_ids, scenario_id, labels, num_scenarios, num_fields, num_tasks):
+    """Casts a batch, checks its shapes and drops rows of the unseen-scenario id."""
+    field_ids = tf.cast(field_ids, tf.int64)
+    scenario_id = tf.reshape(tf.cast(scenario_id, tf.int64), [-1])
+    labels = tf.cast(labels, tf.float32)
+    if field_ids.shape.rank != 2 or field_ids.shape[1] != num_fields:
+        raise ValueError(f"multifs: field_ids must be [batch, {num_fields}] (one column per "
+                         f"vocab size), got shape {field_ids.shape.as_list()}")
+    if labels.shape.rank != 2 or labels.shape[1] != num_tasks:
+        raise ValueError(f"multifs: labels must be [batch, {num_tasks}], got shape "
+                         f"{labels.shape.as_list()}")
+    known = (scenario_id >= 0) & (scenario_id < num_scenarios)
+    return (tf.boolean_mask(field_ids, known), tf.boolean_mask(scenario_id, known),
+            tf.boolean_mask(labels, known))

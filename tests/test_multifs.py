@@ -1,0 +1,261 @@
+"""MultiFS hierarchical gating search: gates, gradients, schedule, masks and the search itself."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.feature_selector import multifs
+from components.feature_selector.multifs import (HierarchicalValueGate, resolve_params, search,
+                                                 straight_through_step, temperature_schedule)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def built_gate(vocab_sizes=(4, 3), num_scenarios=2, **kwargs):
+    gate = HierarchicalValueGate(vocab_sizes, num_scenarios, **kwargs)
+    gate(tf.zeros([1, len(vocab_sizes)], tf.int64), tf.zeros([1], tf.int64))
+    return gate
+
+
+def test_straight_through_step_is_a_step_with_clipped_identity_gradient():
+    x = tf.constant([-1.0, 0.0, 0.5, 2.0])
+    upstream = tf.constant([5.0, 0.2, -0.3, -7.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = straight_through_step(x)
+        loss = tf.reduce_sum(y * upstream)
+    np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [1.0, 0.2, -0.3, -1.0])
+
+
+def test_continuous_gates_follow_eq6_and_scenario_gate_follows_eq5():
+    scaling = 3.0
+    gate = built_gate(scaling=scaling)
+    # At initialisation (g_c = 0.5, tau = 1) every gate equals `scaling`.
+    shared, scenarios = (g.numpy() for g in gate.continuous_gates())
+    np.testing.assert_allclose(shared, scaling, rtol=1e-6)
+    np.testing.assert_allclose(scenarios, scaling, rtol=1e-6)
+    assert gate.threshold.numpy() == pytest.approx(0.95 * scaling)
+
+    tau = 7.0
+    w_shared = np.array([0.5, 0.01, -0.2, 0.3, 0.0, -0.5, 0.2], np.float32)
+    w_scen = np.array([[0.1, -0.3, 0.4, -0.1, 0.2, 0.6, -0.4],
+                       [-0.2, 0.3, 0.05, 0.5, -0.6, 0.1, 0.0]], np.float32)
+    gate.temperature.assign(tau)
+    gate.shared_logits.assign(w_shared)
+    gate.scenario_logits.assign(w_scen)
+    g_sh = scaling * sigmoid(tau * w_shared) / sigmoid(0.5)
+    g_k = scaling * sigmoid(tau * w_scen) / sigmoid(0.5)
+    shared, scenarios = (g.numpy() for g in gate.continuous_gates())
+    np.testing.assert_allclose(shared, g_sh, rtol=1e-5)
+    np.testing.assert_allclose(scenarios, g_k, rtol=1e-5)
+
+    field_ids = np.array([[0, 0], [1, 2], [2, 1], [3, 0]])  # field 1's rows start at 4
+    scenario_id = np.array([0, 1, 1, 0])
+    gated, shared_path = (g.numpy() for g in gate(tf.constant(field_ids), tf.constant(scenario_id)))
+    rows = field_ids + np.array([0, 4])
+    q = (g_sh[rows] > 0.95 * scaling).astype(np.float32)
+    expected = q * g_sh[rows] + (1 - q) * g_k[scenario_id[:, None], rows]
+    np.testing.assert_allclose(gated, expected, rtol=1e-5)
+    np.testing.assert_allclose(shared_path, g_sh[rows], rtol=1e-5)
+    assert 0 < q.sum() < q.size  # both branches of eq. (5) are exercised
+
+
+def test_gate_passes_gradients_to_masks_and_threshold():
+    gate = built_gate(vocab_sizes=(5, 5), num_scenarios=2)
+    field_ids = np.array([[0, 1], [2, 3], [4, 0], [0, 1]])
+    scenario_id = np.array([0, 1, 0, 1])
+    rows = field_ids + [0, 5]
+    coefficients = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32) * 10
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            gated, _ = gate(tf.constant(field_ids), tf.constant(scenario_id))
+            loss = tf.reduce_sum(gated * coefficients)
+        grads = tape.gradient(loss, gate.trainable_weights)
+        return [np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy()
+                for v, g in zip(gate.trainable_weights, grads)]
+
+    # Scenario gates below the shared ones; every value passes the shared hard gate
+    # (g^sh = 1 > epsilon = 0.95), so G^k = g^sh and dG/dq = g^sh - g^k.
+    gate.scenario_logits.assign(np.full([2, 10], 0.1, np.float32))
+    g_sh, g_k = 1.0, sigmoid(0.1) / sigmoid(0.5)
+    d_shared, d_scenario, d_threshold = gradients()
+    through_q = np.clip(coefficients * (g_sh - g_k), -1.0, 1.0)  # straight-through, clipped
+    dg_dw = sigmoid(0.5) * (1 - sigmoid(0.5)) / sigmoid(0.5)  # d g^sh / d g_c^sh at tau = 1
+    expected = np.zeros(10)
+    np.add.at(expected, rows.ravel(), ((coefficients + through_q) * dg_dw).ravel())
+    np.testing.assert_allclose(d_shared, expected, rtol=1e-5)
+    assert np.all(d_shared[np.unique(rows)] != 0)
+    assert d_threshold == pytest.approx(-through_q.sum(), rel=1e-5) and d_threshold != 0
+    assert np.abs(through_q).max() == 1.0  # the clipping was exercised
+    np.testing.assert_array_equal(d_scenario, 0.0)  # (1 - q) = 0: no gradient yet
+
+    # Shared values pushed below the threshold hand over to the scenario gates.
+    gate.shared_logits.assign(np.full([10], -0.5, np.float32))
+    d_shared, d_scenario, d_threshold = gradients()
+    touched = {(s, r) for s, row in zip(scenario_id, rows) for r in row}
+    assert np.count_nonzero(d_scenario) == len(touched)
+    assert d_threshold == 0  # relu(g^sh - epsilon) is flat below the threshold (paper, sec. 2.2)
+
+
+def test_penalties_are_sparsity_and_pairwise_exclusivity_on_sigmoid_of_the_logits():
+    gate = built_gate(vocab_sizes=(3,), num_scenarios=3, sparsity_weight=0.5,
+                      exclusivity_weight=2.0)
+    w_shared = np.array([0.3, -1.0, 2.0], np.float32)
+    w_scen = np.array([[0.1, 0.2, -0.3], [1.0, -2.0, 0.0], [0.5, 0.5, -0.5]], np.float32)
+    gate.shared_logits.assign(w_shared)
+    gate.scenario_logits.assign(w_scen)
+    s_sh, s_k = sigmoid(w_shared), sigmoid(w_scen)
+    sparsity = s_sh.sum() + s_k.sum()
+    exclusivity = sum((s_k[p] * s_k[r]).sum() for p in range(3) for r in range(p + 1, 3))
+    assert gate.penalty().numpy() == pytest.approx(0.5 * sparsity + 2.0 * exclusivity, rel=1e-5)
+    gate(tf.constant([[1]]), tf.constant([2]))
+    assert len(gate.losses) == 1
+    assert gate.losses[0].numpy() == pytest.approx(0.5 * sparsity + 2.0 * exclusivity, rel=1e-5)
+
+
+def test_gate_config_round_trips():
+    gate = built_gate(scaling=3.0, threshold_init=0.9, sparsity_weight=1e-3,
+                      exclusivity_weight=1e-4)
+    clone = HierarchicalValueGate.from_config(gate.get_config())
+    assert clone.get_config() == gate.get_config()
+
+
+def test_temperature_schedule_reaches_the_final_temperature():
+    np.testing.assert_allclose(temperature_schedule(3, 100.0), [1.0, 10.0, 100.0])
+    schedule = temperature_schedule(5, 100.0)
+    assert schedule[0] == 1.0 and schedule[-1] == pytest.approx(100.0)
+    np.testing.assert_allclose(np.diff(np.log(schedule)), math.log(100.0) / 4)  # geometric
+    assert temperature_schedule(1, 50.0) == [50.0]
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"search_epoch": 3}, "search_epoch"),
+    ({"search_epochs": 0}, "search_epochs"),
+    ({"search_epochs": 2.5}, "search_epochs"),
+    ({"final_temperature": 0.5}, "final_temperature"),
+    ({"scaling": -1}, "scaling"),
+    ({"sparsity_weight": float("nan")}, "sparsity_weight"),
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"hidden_units": []}, "hidden_units"),
+    ({"min_value_coverage": 1.5}, "min_value_coverage"),
+    ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
+    ({"seed": "0"}, "seed"),
+])
+def test_bad_params_raise_naming_the_key(params, key):
+    with pytest.raises(ValueError, match=key):
+        resolve_params(params)
+
+
+def test_defaults_resolve_and_are_recorded():
+    params = resolve_params({"search_epochs": 2})
+    assert params == {**multifs.DEFAULT_PARAMS, "search_epochs": 2}
+
+
+# A planted dataset: field 0's values drive both labels in scenario 0 only, field 1's in
+# scenario 1 only, field 2 is noise. Every field has 6 ids, of which only 0..4 occur:
+# id 5 (the OOV row) is never seen.
+VOCAB = [6, 6, 6]
+EFFECTS = np.array([2.0, -2.0, 2.0, -2.0, 2.0])
+
+
+def planted_data(rows=6000, seed=0):
+    rng = np.random.default_rng(seed)
+    field_ids = rng.integers(0, 5, size=(rows, 3))
+    scenario_id = rng.integers(0, 2, size=rows)
+    driver = np.where(scenario_id == 0, field_ids[:, 0], field_ids[:, 1])
+    logit = EFFECTS[driver] - 0.5
+    labels = np.stack([rng.random(rows) < sigmoid(logit),
+                       rng.random(rows) < sigmoid(logit - 1.0)], 1).astype(np.float32)
+    return field_ids, scenario_id, labels
+
+
+def batches_of(field_ids, scenario_id, labels, batch_size=500):
+    def batches_fn():
+        for i in range(0, len(field_ids), batch_size):
+            rows = slice(i, i + batch_size)
+            yield (tf.constant(field_ids[rows]), tf.constant(scenario_id[rows]),
+                   tf.constant(labels[rows]))
+    return batches_fn
+
+
+# Strong sparsity pressure for a small, strongly planted dataset: frequent noise values
+# only fall when the L1 pull beats their batch-to-batch gradient noise.
+PLANTED_PARAMS = {"search_epochs": 4, "sparsity_weight": 1e-2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def planted_result():
+    return search(batches_of(*planted_data()), VOCAB, num_scenarios=2, num_tasks=2,
+                  params=PLANTED_PARAMS)
+
+
+def test_search_keeps_informative_values_per_scenario_and_drops_noise(planted_result):
+    result = planted_result
+    assert result.scores.shape == result.mask.shape == (2, 2, 3)
+    assert np.all(result.mask[:, 0, :] == result.mask[:, 1, :])  # masks are per scenario
+    assert np.all(result.mask[0, :, 0] == 1) and np.all(result.mask[1, :, 1] == 1)
+    assert np.all(result.mask[:, :, 2] == 0)  # the noise field is dropped everywhere
+    # Value level: the informative values are kept where they matter, most noise values go.
+    assert np.all(result.value_masks[0][0, :5] == 1) and np.all(result.value_masks[1][1, :5] == 1)
+    assert result.value_masks[2][:, :5].sum() <= 4
+    assert result.scores[0, 0, 0] > result.scores[0, 0, 2]
+    assert result.scores[1, 0, 1] > result.scores[1, 0, 2]
+    assert result.params == {**multifs.DEFAULT_PARAMS, **PLANTED_PARAMS}
+
+
+def test_value_masks_line_up_with_vocabulary_rows(planted_result):
+    masks = planted_result.value_masks
+    assert [m.shape for m in masks] == [(2, v) for v in VOCAB]
+    assert all(set(np.unique(m)) <= {0.0, 1.0} for m in masks)
+    # Row i of field f is value id i: the never-seen OOV id 5 is dropped in every field,
+    # while ids 0..4 of the driving field are kept.
+    assert all(np.all(m[:, 5] == 0) for m in masks)
+
+
+def test_search_diagnostics_record_the_schedule(planted_result):
+    d = planted_result.diagnostics
+    np.testing.assert_allclose(d["temperature"], temperature_schedule(4, 100.0))
+    assert d["final_temperature"] == pytest.approx(100.0)
+    assert len(d["threshold"]) == len(d["kept_value_fraction"]) == 4
+    assert all(len(k) == 2 for k in d["kept_traffic_fraction"])
+    assert d["steps"] == [12] * 4
+    assert np.array(d["value_coverage"]).shape == (2, 3)
+
+
+def test_search_is_deterministic_given_the_seed(planted_result):
+    again = search(batches_of(*planted_data()), VOCAB, num_scenarios=2, num_tasks=2,
+                   params=PLANTED_PARAMS)
+    for first, second in zip(planted_result.value_masks, again.value_masks):
+        np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(planted_result.mask, again.mask)
+    np.testing.assert_allclose(planted_result.scores, again.scores, rtol=1e-6)
+    assert planted_result.diagnostics["threshold"] == again.diagnostics["threshold"]
+
+
+def test_unseen_scenario_rows_are_skipped_and_a_scenario_without_rows_keeps_everything():
+    field_ids, scenario_id, labels = planted_data(rows=1000)
+    scenario_id = np.where(np.arange(1000) % 10 == 0, 3, scenario_id)  # id 3 = unseen (S = 3)
+    dataset = tf.data.Dataset.from_tensor_slices((field_ids, scenario_id, labels)).batch(500)
+    result = search(lambda: dataset, VOCAB, num_scenarios=3, num_tasks=2,  # a tf.data pass
+                    params={"search_epochs": 1, "max_steps_per_epoch": 1})
+    assert result.diagnostics["steps"] == [1]
+    assert result.diagnostics["scenario_rows"] == [
+        float(np.sum(scenario_id[:500] == s)) for s in range(3)]
+    assert np.all(np.isnan(result.scores[2])) and np.all(result.mask[2] == 1)
+    assert all(np.all(m[2] == 1) for m in result.value_masks)
+    assert not np.any(np.isnan(result.scores[:2]))
+
+
+def test_bad_batches_raise_clear_errors():
+    field_ids, scenario_id, labels = planted_data(rows=100)
+    with pytest.raises(ValueError, match=r"field_ids must be \[batch, 4\]"):
+        search(batches_of(field_ids, scenario_id, labels), VOCAB + [3], 2, 2,
+               {"search_epochs": 1})
+    with pytest.raises(ValueError, match="no rows of a known scenario"):
+        search(batches_of(field_ids, np.full(100, 2), labels), VOCAB, 2, 2, {"search_epochs": 1})
