@@ -33,6 +33,11 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name not in STRATEGIES:
         raise DistributeConfigError(f"training.strategy must be one of {STRATEGIES}, got {name!r}")
     if name == "mirrored":
+        # Every MirroredStrategy of a process starts its collective keys at the same base:
+        # a second Trainer in one process (the Tuner then the Trainer, a notebook running
+        # the pipeline twice) would reuse the first one's keys and fail inside
+        # CollectiveReduceV2. TensorFlow's own tests move the base the same way.
+        tf.distribute.MirroredStrategy._collective_key_base += 100_000
         return tf.distribute.MirroredStrategy()
     config = os.environ.get("TF_CONFIG")
     if not config:

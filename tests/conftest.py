@@ -91,7 +91,6 @@ def blessing_runs(synthetic_data, tmp_path_factory):
     largest scenario's labels shuffled. Returns the config of each run, their
     RunResults and the degraded scenario slice ("channel/domain").
     """
-    from tensorflow.python.distribute import mirrored_strategy
 
     from pipeline import configs, local_runner, report
 
@@ -114,10 +113,6 @@ def blessing_runs(synthetic_data, tmp_path_factory):
             dataset=spec, model=model, output_dir=output_dir,
             pipeline_name="msmt-blessing", beam_workers=1,
             thresholds=configs.EvalThresholds(auc_floor=0.4, max_auc_regression=0.03))
-        # Two Trainers in one process: each MirroredStrategy needs its own collective keys
-        # (as in test_models.py), else the second model's all-reduce meets the first's shapes.
-        mirrored_strategy.MirroredStrategy._collective_key_base += 100_000
         local_runner.run(config)
         results.append((config, report.load_run(config.metadata_path, spec)))
-    mirrored_strategy.MirroredStrategy._collective_key_base += 100_000  # For the next one.
     return results[0], results[1], degraded_scenario

@@ -74,7 +74,8 @@ def test_declared_values_are_applied_over_the_spec():
 def test_tuning_needs_a_search_space():
     dataset = specs.load_dataset_spec("synthetic")
     with pytest.raises(ValueError, match="no tuning: block"):
-        configs.PipelineConfig(dataset=dataset, model=specs.load_model_spec("mmoe"), output_dir="/tmp/x",
+        configs.PipelineConfig(dataset=dataset, model=specs.load_model_spec("shared_bottom"),
+                               output_dir="/tmp/x",
                                tuning=configs.TuningConfig())
     with pytest.raises(ValueError, match="algorithm"):
         configs.TuningConfig(algorithm="grid")
