@@ -53,7 +53,7 @@ def _absent_feature(feature, batch: tf.Tensor):
     """The parsed form of a feature absent from every example of a ``[batch]`` request."""
     if isinstance(feature, tf.io.FixedLenFeature):
         default = tf.constant(feature.default_value, feature.dtype)
-        return tf.fill(tf.concat([batch, tf.shape(default)], 0), default)
+        return tf.broadcast_to(default, tf.concat([batch, tf.shape(default)], 0))
     return tf.sparse.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], feature.dtype),
                                   tf.concat([tf.cast(batch, tf.int64), [1]], 0))
 
