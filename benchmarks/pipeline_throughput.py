@@ -130,7 +130,7 @@ def data_pipeline(config: configs.PipelineConfig, variant: str, metadata_path: s
         kept[-1] = tfx.components.Transform(
             examples=nodes["FileBasedExampleGen"].outputs["examples"],
             schema=nodes["SchemaGen"].outputs["schema"],
-            preprocessing_fn=configs.PREPROCESSING_FN, custom_config=config.custom_config())
+            preprocessing_fn=configs.PREPROCESSING_FN, custom_config=config.transform_config())
     for node in kept:  # Drop the links to the components left out.
         node._downstream_nodes = {n for n in node._downstream_nodes if n in kept}
     return tfx.dsl.Pipeline(

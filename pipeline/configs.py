@@ -239,6 +239,7 @@ class PipelineConfig:
             pipeline_root=pipeline_root or self.pipeline_root,
             dataset_spec=self.dataset,
             custom_config=self.custom_config(),
+            transform_config=self.transform_config(),
             preprocessing_fn=PREPROCESSING_FN,
             run_fn=RUN_FN,
             tuner_fn=TUNER_FN if self.tuning is not None else None,
@@ -249,6 +250,10 @@ class PipelineConfig:
             beam_pipeline_args=self.beam_pipeline_args,
             transform_analyzer_cache=self.transform_analyzer_cache,
             enable_cache=self.enable_cache)
+
+    def transform_config(self) -> Dict[str, Any]:
+        """Transform's custom_config: the dataset only, so a model change keeps its cache."""
+        return {"dataset_spec": self.dataset.to_json(), "code_version": code_version()}
 
     def custom_config(self) -> Dict[str, Any]:
         """What the module file's functions read; the code version makes caching see code edits."""

@@ -25,6 +25,7 @@ def create_pipeline(
     pipeline_root: str,
     dataset_spec: DatasetSpec,
     custom_config: Dict[str, Any],
+    transform_config: Dict[str, Any],
     preprocessing_fn: str,
     run_fn: str,
     selector_method: str,
@@ -52,7 +53,7 @@ def create_pipeline(
         ).with_id("latest_transform_cache_resolver")
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=preprocessing_fn, custom_config=custom_config,
+        preprocessing_fn=preprocessing_fn, custom_config=transform_config,
         analyzer_cache=analyzer_cache.outputs["cache"] if analyzer_cache else None,
         disable_statistics=True)  # StatisticsGen has already made the one pass needed.
     feature_selector = FeatureSelector(
