@@ -184,8 +184,8 @@ def main(argv=None):
                 row["AUC vs none"] = row["mean AUC"] - baseline_auc
         report["datasets"][dataset] = {"summary": summary, "quality": quality, "auc": aucs}
         print(pd.DataFrame(summary).to_string(index=False))
-    with open(JSON_OUT, "w") as f:
-        json.dump(report, f, indent=1, default=float)
+        with open(JSON_OUT, "w") as f:  # After every dataset: a later one may fail.
+            json.dump(report, f, indent=1, default=float)
     if not args.no_write:
         write_results(report)
 

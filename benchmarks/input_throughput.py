@@ -99,7 +99,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
 
-    import dataclasses
     import tensorflow as tf
     from models import factory, training
     from pipeline import specs
@@ -107,12 +106,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     spec = specs.load_dataset_spec(args.dataset)
     model_spec = specs.load_model_spec(args.model)
     if args.batch_size:
-        model_spec = dataclasses.replace(model_spec, training=tuple(sorted(
-            {**model_spec.training_dict, "batch_size": args.batch_size}.items())))
+        model_spec = model_spec.with_training(batch_size=args.batch_size)
     batch_size = model_spec.training_dict["batch_size"]
     # A stream (steps_per_epoch set), as the Trainer reads it with a step budget.
-    model_spec = dataclasses.replace(model_spec, training=tuple(sorted(
-        {**model_spec.training_dict, "steps_per_epoch": args.steps}.items())))
+    model_spec = model_spec.with_training(steps_per_epoch=args.steps)
     fn_args = fn_args_of(os.path.abspath(args.run_dir), not args.no_selection)
     _, info, train_ds, _ = training.training_inputs(fn_args, spec, model_spec)
 

@@ -14,7 +14,6 @@ Prints the tables and appends them, with the machine and date, to benchmarks/RES
 """
 
 import argparse
-import dataclasses
 import datetime
 import gzip
 import json
@@ -49,7 +48,7 @@ def transformed_data(dataset: str, rows: int):
         from pipeline.cli import ensure_synthetic_data
         ensure_synthetic_data(spec, rows, seed=0)
     config = configs.PipelineConfig(dataset=spec, model=specs.load_model_spec("mmoe"),
-                                    output_dir=WORK_DIR, selector="none", beam_workers=2)
+                                    output_dir=WORK_DIR, selector="none")
     local_runner.run(config)
     return spec, report.load_run(config.metadata_path, spec)
 
@@ -91,8 +90,8 @@ def train_and_score(spec, run, model_spec, seed, epochs, selection=None):
     if selection is not None:
         from models.training import selected_data_info
         info = selected_data_info(info, selection)
-    training = {**model_spec.training_dict, "seed": seed, "epochs": epochs}
-    model_spec = dataclasses.replace(model_spec, training=tuple(sorted(training.items())))
+    model_spec = model_spec.with_training(seed=seed, epochs=epochs)
+    training = model_spec.training_dict
     weights = scenario_loss_weights(training["scenario_loss_weights"], info.scenario_prior)
     batch = training["batch_size"]
     keras.utils.set_random_seed(seed)

@@ -48,6 +48,7 @@ RESULTS = os.path.join(BENCH_DIR, "RESULTS.md")
 JSON_OUT = os.path.join(BENCH_DIR, "pipeline_throughput.json")
 WORK_DIR = os.path.join(specs.REPO_DIR, "msmt_runs", "benchmarks", "pipeline_throughput")
 DATA_COMPONENTS = ("FileBasedExampleGen", "StatisticsGen", "SchemaGen", "Transform")
+LATER_COMPONENTS = ("FeatureSelector", "MSMTTrainer", "Evaluator")
 VARIANTS = ("tfx_defaults", "pipeline", "analyzer_cache")
 CACHE_RESOLVER = "latest_transform_cache_resolver"
 
@@ -164,14 +165,18 @@ def _cpu_seconds() -> float:
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def run_once(shape: str, rows: int, variant: str, beam_workers: int, full: bool) -> dict:
+def run_once(shape: str, rows: int, variant: str, beam_workers: int, full: bool,
+             epochs: int = 0) -> dict:
     from tfx import v1 as tfx
     from pipeline import local_runner
     spec = dataset(shape, rows)
     out = os.path.join(WORK_DIR, "runs", f"{shape}-{rows}-{variant}{'-full' if full else ''}")
     shutil.rmtree(out, ignore_errors=True)
     cached = variant == "analyzer_cache"
-    config = configs.PipelineConfig(dataset=spec, model=specs.load_model_spec("mmoe"),
+    model = specs.load_model_spec("mmoe")
+    if epochs:
+        model = model.with_training(epochs=epochs)
+    config = configs.PipelineConfig(dataset=spec, model=model,
                                     output_dir=out, beam_workers=beam_workers, enable_cache=cached,
                                     transform_analyzer_cache=cached)
     if cached:
@@ -188,7 +193,7 @@ def run_once(shape: str, rows: int, variant: str, beam_workers: int, full: bool)
     times = execution_times(config.metadata_path)
     data_seconds = sum(times.get(c, 0.0) for c in DATA_COMPONENTS)
     result = {"shape": shape, "rows": rows, "variant": "full_pipeline" if full else variant,
-              "beam_workers": beam_workers, "wall_s": round(wall, 2),
+              "beam_workers": beam_workers, "epochs": epochs or None, "wall_s": round(wall, 2),
               "cpu_s": round(cpu, 2),
               "components_s": {k: round(v, 2) for k, v in times.items()},
               "data_components_s": round(data_seconds, 2),
@@ -200,17 +205,41 @@ def run_once(shape: str, rows: int, variant: str, beam_workers: int, full: bool)
 
 def table(results) -> str:
     header = ("| shape | rows | variant | ExampleGen s | StatisticsGen s | SchemaGen s | Transform s "
-              "| 4 data components s | Transform rows/s | data µs/row | run wall s | run CPU s |")
-    lines = [header, "|" + "---|" * 11]
+              "| 4 data components s | Transform rows/s | data µs/row | FeatureSelector s "
+              "| Trainer s | Evaluator s | run wall s | wall µs/row | run CPU s |")
+    lines = [header, "|" + "---|" * 16]
     for r in results:
         c = r["components_s"]
+        later = " | ".join(f"{c[k]:.1f}" if k in c else "" for k in LATER_COMPONENTS)
         lines.append(
             f"| {r['shape']} | {r['rows']:,} | {r['variant']} | {c.get('FileBasedExampleGen', 0):.1f} "
             f"| {c.get('StatisticsGen', 0):.1f} | {c.get('SchemaGen', 0):.1f} "
             f"| {c.get('Transform', 0):.1f} | {r['data_components_s']:.1f} "
             f"| {r['transform_rows_per_s']:,.0f} | {1e6 * r['data_components_s'] / r['rows']:.0f} "
-            f"| {r['wall_s']:.1f} | {r['cpu_s']:.1f} |")
+            f"| {later} | {r['wall_s']:.1f} | {1e6 * r['wall_s'] / r['rows']:.0f} | {r['cpu_s']:.1f} |")
     return "\n".join(lines)
+
+
+def growth(results) -> str:
+    """Time per row of each size against the smallest size of the same shape and variant."""
+    lines = []
+    for key in sorted({(r["shape"], r["variant"]) for r in results}):
+        runs = sorted((r for r in results if (r["shape"], r["variant"]) == key), key=lambda r: r["rows"])
+        if len(runs) < 2:
+            continue
+        base = runs[0]
+        for r in runs[1:]:
+            scale = r["rows"] / base["rows"]
+            lines.append(
+                f"- {key[0]} / {key[1]}: {base['rows']:,} -> {r['rows']:,} rows ({scale:.0f}x): "
+                f"data components {r['data_components_s'] / base['data_components_s']:.2f}x, "
+                f"Transform {r['components_s']['Transform'] / base['components_s']['Transform']:.2f}x, "
+                f"run wall {r['wall_s'] / base['wall_s']:.2f}x (linear: {scale:.0f}x)")
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def versions() -> str:
@@ -227,19 +256,24 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[50_000, 200_000])
     p.add_argument("--shapes", nargs="+", default=["synthetic", "wide"], choices=["synthetic", "wide"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--beam-workers", type=int, default=2)
+    p.add_argument("--beam-workers", type=int, default=configs.default_beam_workers(),
+                   help="direct runner's workers (1: in memory; default: the pipeline's)")
     p.add_argument("--full", action="store_true", help="also the whole local pipeline per size")
+    p.add_argument("--full-only", action="store_true", help="only the whole local pipeline per size")
+    p.add_argument("--epochs", type=int, default=0,
+                   help="the whole pipeline's training epochs (default: the model spec's)")
     p.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)
 
-    results = []
+    results, load_before = [], _load()
     for rows in args.rows:
         for shape in args.shapes:
-            for variant in args.variants:
+            for variant in ([] if args.full_only else args.variants):
                 results.append(run_once(shape, rows, variant, args.beam_workers, full=False))
-            if args.full:
-                results.append(run_once(shape, rows, "pipeline", args.beam_workers, full=True))
-    text = table(results)
+            if args.full or args.full_only:
+                results.append(run_once(shape, rows, "pipeline", args.beam_workers, full=True,
+                                        epochs=args.epochs))
+    text = table(results) + "\n\n" + growth(results)
     print(text)
     previous = []
     if os.path.exists(JSON_OUT):
@@ -255,8 +289,9 @@ def main(argv=None) -> int:
             f.write(f"\n## Data components throughput ({datetime.date.today().isoformat()})\n"
                     f"`benchmarks/pipeline_throughput.py --rows {' '.join(map(str, args.rows))}` on "
                     f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), {versions()}, "
-                    f"Beam DirectRunner (FnApiRunner) with {args.beam_workers} workers. The machine "
-                    f"was shared with other jobs while this ran: absolute times are pessimistic.\n\n"
+                    f"Beam DirectRunner (FnApiRunner) with {args.beam_workers} worker(s) "
+                    f"({'in memory' if args.beam_workers == 1 else 'multi-processing'}). Load "
+                    f"average before / after: {load_before} / {_load()}.\n\n"
                     f"{text}\n")
         print(f"appended to {RESULTS}")
     return 0

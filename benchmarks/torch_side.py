@@ -1,17 +1,33 @@
 """The torch-rechub side of ``benchmarks/train_throughput.py`` (runs in benchmarks/.venv-torch).
 
-Trains torch-rechub 0.9.0's SharedBottom, MMOE and PLE on the arrays the parent wrote
-(``field_ids`` ``[N, 79]``, ``labels`` ``[N, 2]``) the way torch-rechub's ``MTLTrainer``
-does (sum of the tasks' BCE, Adam, ``loss.backward(); optimizer.step()``), at the
-parent's widths, and prints one JSON list of rows on its last line. torch-rechub's MLPs
-always have BatchNorm after each linear layer (not configurable); our models have none.
-FLOPs are those ``torch.utils.flop_counter.FlopCounterMode`` counts for one forward +
-backward step (matmuls only).
+A server driven by the parent over stdin/stdout, one JSON object a line, so that the
+parent can interleave torch-rechub's timing rounds with its own (slow drifts in the
+machine's load then hit both sides alike):
+
+- ``{"cmd": "build", "models": [...]}``: builds torch-rechub 0.9.0's SharedBottom, MMOE
+  and PLE at the parent's widths on the arrays the parent wrote (``field_ids`` ``[N, 79]``,
+  ``labels`` ``[N, 2]``, ``vocab_sizes``), each with its own ``MTLTrainer`` (Adam, lr 1e-3,
+  no weight decay, the same optimizer as ours), runs ``warmup`` steps, counts FLOPs.
+- ``{"cmd": "round", "model": m, "steps": n}``: ``n`` steps of the model's real
+  ``MTLTrainer.train_one_epoch`` (``model(x)``, per-task BCE, the regularisation pass,
+  ``zero_grad``, ``backward``, ``optimizer.step``, the ``.item()`` loss bookkeeping) over
+  pre-built in-memory batches; replies with the per-step wall times (each step is the time
+  between two consecutive batches the trainer asks for).
+- ``{"cmd": "gemm", "n": 4096}``: seconds of one ``n^3`` fp32 ``torch.matmul``.
+- ``{"cmd": "quit"}``.
+
+torch-rechub's MLPs always have BatchNorm after each linear layer (not configurable); our
+models have none. FLOPs are those ``torch.utils.flop_counter.FlopCounterMode`` counts for
+one forward + backward step (matmuls only).
 """
 
 import argparse
+import io
 import json
+import sys
+import tempfile
 import time
+from contextlib import redirect_stdout
 from importlib.metadata import version
 
 import numpy as np
@@ -19,80 +35,108 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torch_rechub.basic.features import SparseFeature
 from torch_rechub.models.multi_task import MMOE, PLE, SharedBottom
+from torch_rechub.trainers import MTLTrainer
 
 EMBEDDING_DIM = 16
 EXPERT = {"dims": [256, 128]}
 TOWERS = [{"dims": [64]}, {"dims": [64]}]
+TASK_TYPES = ["classification", "classification"]
 
 
 def build(name, features):
-    tasks = ["classification", "classification"]
     if name == "shared_bottom":
-        return SharedBottom(features, tasks, bottom_params=EXPERT, tower_params_list=TOWERS)
+        return SharedBottom(features, TASK_TYPES, bottom_params=EXPERT, tower_params_list=TOWERS)
     if name == "mmoe":
-        return MMOE(features, tasks, n_expert=8, expert_params=EXPERT, tower_params_list=TOWERS)
+        return MMOE(features, TASK_TYPES, n_expert=8, expert_params=EXPERT,
+                    tower_params_list=TOWERS)
     if name == "ple":
-        return PLE(features, tasks, n_level=1, n_expert_specific=4, n_expert_shared=4,
+        return PLE(features, TASK_TYPES, n_level=1, n_expert_specific=4, n_expert_shared=4,
                    expert_params=EXPERT, tower_params_list=TOWERS)
     raise ValueError(f"unknown model {name!r}")
+
+
+class TimedBatches:
+    """An iterable of ``n`` batches recording when the trainer asks for each one."""
+
+    def __init__(self, batches, n):
+        self.batches, self.n, self.stamps = batches, n, []
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            self.stamps.append(time.perf_counter())
+            yield self.batches[i % len(self.batches)]
+
+
+def run_steps(trainer, batches, n):
+    """``n`` steps of ``trainer.train_one_epoch``; per-step wall seconds."""
+    timed = TimedBatches(batches, n)
+    with redirect_stdout(io.StringIO()):  # its per-epoch loss print
+        trainer.train_one_epoch(timed)
+    end = time.perf_counter()
+    stamps = timed.stamps + [end]
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--models", nargs="+", default=["shared_bottom", "mmoe", "ple"])
     parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     arrays = np.load(args.data)
     ids, labels = arrays["field_ids"], arrays["labels"].astype(np.float32)
-    sizes = (ids.max(axis=0) + 1).tolist()
+    sizes = arrays["vocab_sizes"].tolist()
     names = [f"f{i:02d}" for i in range(ids.shape[1])]
     features = [SparseFeature(n, int(v), embed_dim=EMBEDDING_DIM) for n, v in zip(names, sizes)]
     b = args.batch_size
-    batches = [({n: torch.from_numpy(ids[i:i + b, j]) for j, n in enumerate(names)},
-                torch.from_numpy(labels[i:i + b]))
+    batches = [({n: torch.from_numpy(ids[i:i + b, j].copy()) for j, n in enumerate(names)},
+                torch.from_numpy(labels[i:i + b].copy()))
                for i in range(0, len(ids) - b + 1, b)]
-    rows = []
-    for name in args.models:
-        model = build(name, features)
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = torch.nn.BCELoss()
+    trainers, rows = {}, {}
+    tmp = tempfile.mkdtemp()
+    versions = {"torch": torch.__version__, "torch-rechub": version("torch-rechub"),
+                "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
 
-        def step(x, y):
-            prediction = model(x)
-            loss = sum(loss_fn(prediction[:, t], y[:, t]) for t in range(y.shape[1]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    def reply(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step(*batches[0])
-        times = []
-        for i in range(args.warmup + args.steps):
-            x, y = batches[i % len(batches)]
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "build":
+            for name in command["models"]:
+                model = build(name, features)
+                trainer = MTLTrainer(model, TASK_TYPES,
+                                     optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
+                                     n_epoch=1, device="cpu", model_path=tmp)
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    run_steps(trainer, batches, 1)
+                run_steps(trainer, batches, args.warmup)
+                trainers[name] = trainer
+                rows[name] = {"model": name, "side": "torch-rechub", "scenarios": 1,
+                              "train_flops_per_example": counter.get_total_flops() / b,
+                              "parameters": sum(p.numel() for p in model.parameters()),
+                              "versions": versions}
+            reply({"rows": rows})
+        elif command["cmd"] == "round":
+            reply({"step_s": run_steps(trainers[command["model"]], batches, command["steps"])})
+        elif command["cmd"] == "gemm":
+            n = command["n"]
+            x, y = torch.randn(n, n), torch.randn(n, n)
+            torch.matmul(x, y)
             start = time.perf_counter()
-            step(x, y)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-        step_s = float(np.median(times))
-        flops = counter.get_total_flops()
-        rows.append({"model": name, "side": "torch-rechub", "scenarios": 1,
-                     "examples_per_s": b / step_s, "step_ms": 1e3 * step_s,
-                     "train_flops_per_example": flops / b,
-                     "gflops_per_s": flops / step_s / 1e9,
-                     "parameters": sum(p.numel() for p in model.parameters()),
-                     "versions": {"torch": torch.__version__,
-                                  "torch-rechub": version("torch-rechub"),
-                                  "threads": torch.get_num_threads()}})
-    print(json.dumps(rows))
+            torch.matmul(x, y)
+            reply({"seconds": time.perf_counter() - start})
+        elif command["cmd"] == "quit":
+            break
 
 
 if __name__ == "__main__":

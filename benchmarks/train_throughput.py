@@ -6,22 +6,40 @@ ids), embedding 16, 2 tasks, batch 2048, Adam; MMoE with 8 experts [256, 128] an
 [64], PLE with 1 level of 4 shared + 4 specific experts, Shared-Bottom [256, 128]. Ours are
 built by ``models.factory.build_model`` from a ``ModelSpec`` (the real model library) and
 trained by Keras ``fit``; torch-rechub's run in ``benchmarks/.venv-torch``
-(``benchmarks/setup_torch_env.sh``) as a subprocess (``benchmarks/torch_side.py``) that
-reads the same arrays and prints JSON.
+(``benchmarks/setup_torch_env.sh``) in a persistent subprocess (``benchmarks/torch_side.py``)
+that reads the same arrays and answers the parent's timing requests.
+
+On a shared machine, ``--threads 1`` is the comparison that holds up: with 2 threads a
+side's steps slow down far more when another process takes one of its threads (torch's
+OpenMP steps most of all).
 
 torch-rechub's models are multi-task only, so the side-by-side uses 1 scenario; ours are
 also measured at 5 scenarios (a gate and tower per scenario x task).
 
-FLOPs: the dense matmul FLOPs of one forward pass, counted from the traced forward graph
-of each model (``matmul_flops``: ``2 M K N`` per MatMul, ``2 x`` the product of all index
-sizes per two-operand Einsum, ``2 x`` output size x kernel window x input channels per
-convolution), times 3 for forward + backward (the backward pass is two matmuls per forward
-matmul). Embedding lookups, element-wise ops and the optimizer are not counted. The
-torch side counts the same with ``torch.utils.flop_counter`` (forward + backward measured).
-The roofline is a 4096^3 fp32 ``tf.linalg.matmul`` timed in the same run.
+Methodology (so that the ratio is fair in both directions):
 
-    .venv/bin/python benchmarks/train_throughput.py            # everything, ~10 min
-    .venv/bin/python benchmarks/train_throughput.py --models mmoe --no-torch --steps 10
+- Same work: the same arrays, batch, widths, Adam (lr 1e-3, no weight decay) and 2 intra-op
+  threads on both sides (TF ``set_intra_op_parallelism_threads``, ``torch.set_num_threads``;
+  ``--threads``). Each side runs its own trainer's step: ours a Keras ``fit`` step,
+  torch-rechub's a step of its ``MTLTrainer.train_one_epoch``.
+- Interleaved rounds: every model (ours and torch-rechub's, in a persistent subprocess) is
+  built and warmed up once; then ``--rounds`` rounds, each running every model for
+  ``--steps`` timed steps (after one untimed step), in alternating order (forward, then
+  reverse), with one 4096^3 GEMM per side per round. A slow drift in the machine's load then
+  hits every model alike. Figures are the median over rounds of each round's examples/s
+  (mean step time of the round); ``spread`` gives the slowest and fastest round.
+- FLOPs: the dense matmul FLOPs of one forward pass, counted from the traced forward graph
+  of each model (``matmul_flops``: ``2 M K N`` per MatMul, ``2 x`` the product of all index
+  sizes per two-operand Einsum, ``2 x`` output size x kernel window x input channels per
+  convolution), times 3 for forward + backward (the backward pass is two matmuls per
+  forward matmul). Embedding lookups, element-wise ops and the optimizer are not counted.
+  The torch side counts the same with ``torch.utils.flop_counter`` (forward + backward
+  measured).
+- Roofline: a 4096^3 fp32 ``tf.linalg.matmul`` timed once per round in the same process and
+  thread pool; the median over rounds (the same statistic as the models).
+
+    .venv/bin/python benchmarks/train_throughput.py            # everything, ~15 min idle
+    .venv/bin/python benchmarks/train_throughput.py --models mmoe --no-torch --rounds 3
     .venv/bin/python benchmarks/train_throughput.py --strategy mirrored   # on GPUs, if any
 
 Prints a table and writes ``benchmarks/results/train_throughput.json`` and a section of
@@ -68,6 +86,9 @@ MODELS: Dict[str, Dict] = {
     "automtl_derived": dict(interaction_op="cross_2", expert_dim=128, tower_units=[64]),
 }
 TORCH_MODELS = ("shared_bottom", "mmoe", "ple")
+# Run each example's own scenario only (models.layers.routing); --every-scenario also times
+# them computing every scenario for every example.
+ROUTED_MODELS = ("ple", "star", "hinet")
 
 
 def vocab_sizes() -> List[int]:
@@ -94,14 +115,22 @@ def make_data(num_examples: int, num_scenarios: int, seed: int = 0) -> Dict[str,
 # --------------------------------------------------------------------------- FLOP counting
 
 
-def _static(shape) -> List[int]:
-    return [int(d) for d in shape]
+def matmul_flops(graph, unknown_dim: int = 0) -> Dict[str, int]:
+    """Dense matmul FLOPs of a forward graph, per op type (see the module docstring).
 
-
-def matmul_flops(graph) -> Dict[str, int]:
-    """Dense matmul FLOPs of a forward graph, per op type (see the module docstring)."""
+    ``unknown_dim``: the size taken for a dimension unknown when tracing. The backbones
+    that group the batch by scenario (``models.layers.routing``) run each scenario's
+    path on a group of dynamic size ``n_s``; every such op's FLOPs are linear in
+    ``n_s`` and the paths are alike, so taking ``n_s = batch / S`` gives the exact total
+    for any split of the batch (without unseen scenarios).
+    """
     import tensorflow as tf  # noqa: F401
     flops: Dict[str, int] = {}
+
+    def _static(shape) -> List[int]:
+        if shape.rank is None:
+            raise ValueError("a matmul operand of unknown rank")
+        return [unknown_dim if d is None else int(d) for d in shape.as_list()]
 
     def add(kind, value):
         flops[kind] = flops.get(kind, 0) + int(value)
@@ -133,11 +162,11 @@ def matmul_flops(graph) -> Dict[str, int]:
     return flops
 
 
-def forward_flops(model, batch_size: int) -> Dict[str, int]:
+def forward_flops(model, batch_size: int, num_scenarios: int = 1) -> Dict[str, int]:
     import tensorflow as tf
     specs = {name: tf.TensorSpec([batch_size], tf.int64, name=name) for name in model.input_names}
     graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(specs).graph
-    return matmul_flops(graph)
+    return matmul_flops(graph, unknown_dim=batch_size // num_scenarios)
 
 
 # --------------------------------------------------------------------------- our side
@@ -151,24 +180,32 @@ def configure_threads(intra: int, inter: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
-def gemm_roofline(n: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of an ``n x n x n`` fp32 matmul in TensorFlow, best of ``repeats``."""
+def gemm_seconds(n: int = 4096) -> float:
+    """Wall seconds of one ``n x n x n`` fp32 matmul in TensorFlow (traced and warm)."""
     import tensorflow as tf
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
-    matmul(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    global _GEMM
+    if _GEMM is None or _GEMM[0] != n:
+        a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
+        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
         matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+        _GEMM = (n, matmul, a, b)
+    _, matmul, a, b = _GEMM
+    start = time.perf_counter()
+    matmul(a, b).numpy()
+    return time.perf_counter() - start
+
+
+_GEMM = None
+
+
+def gemm_roofline(n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n x n x n`` fp32 matmul in TensorFlow, median of ``repeats``."""
+    return 2 * n ** 3 / float(np.median([gemm_seconds(n) for _ in range(repeats)])) / 1e9
 
 
 def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: Dict,
                learning_rate: float = 1e-3, jit_compile: bool = False,
-               steps_per_execution: int = 1):
+               steps_per_execution: int = 1, every_scenario: bool = False):
     import tf_keras as keras
     from models import factory
     from pipeline.specs import ModelSpec
@@ -184,7 +221,7 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                      hparams=tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                           for k, v in hparams.items())),
                      training=())
-    model = factory.build_model(spec, info)
+    model = factory.build_model(spec, info, own_scenario=not every_scenario)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss={t: keras.losses.BinaryCrossentropy() for t in TASKS},
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
@@ -208,7 +245,11 @@ def in_memory_dataset(data: Dict[str, np.ndarray], names, batch_size: int):
 
 
 def step_timer(warmup: int):
-    """A Keras callback recording each training batch's wall time after ``warmup`` batches."""
+    """A Keras callback recording each training batch's wall time after ``warmup`` batches.
+
+    Keras converts the step's logs to numbers before ``on_train_batch_end`` (this callback
+    does not take tensor logs), so a recorded time covers the finished step.
+    """
     import tf_keras as keras
 
     class StepTimer(keras.callbacks.Callback):
@@ -227,44 +268,128 @@ def step_timer(warmup: int):
     return StepTimer()
 
 
-def time_ours(architecture: str, num_scenarios: int, data, batch_size: int, steps: int,
-              warmup: int, strategy=None, **compile_options) -> Dict:
-    import tensorflow as tf
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
-        model, names = build_ours(architecture, num_scenarios, batch_size,
-                                  MODELS[architecture], **compile_options)
-    flops = forward_flops(model, batch_size)
-    dataset = in_memory_dataset(data, names, batch_size)
-    timer = step_timer(warmup)
-    spe = compile_options.get("steps_per_execution", 1)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=(warmup + steps) * spe, verbose=0,
-              callbacks=[timer])
-    total = time.perf_counter() - start
-    step_s = float(np.median(timer.times)) / spe
-    forward = sum(flops.values()) / batch_size
-    return {"model": architecture, "side": "ours", "scenarios": num_scenarios,
-            "examples_per_s": batch_size / step_s, "step_ms": 1e3 * step_s,
-            "train_flops_per_example": 3 * forward, "forward_flops_by_op": flops,
-            "gflops_per_s": 3 * forward * batch_size / step_s / 1e9,
-            "parameters": int(model.count_params()), "wall_s": total,
-            "options": {k: v for k, v in compile_options.items()}}
+class OursRunner:
+    """One of our models, built, traced and warmed up once; ``round`` times Keras ``fit`` steps."""
+
+    def __init__(self, architecture: str, num_scenarios: int, data, batch_size: int,
+                 warmup: int, policy: str = "float32", strategy=None,
+                 every_scenario: bool = False, **compile_options):
+        import tf_keras as keras
+        self.architecture, self.num_scenarios, self.policy = architecture, num_scenarios, policy
+        self.batch_size, self.options = batch_size, compile_options
+        self.spe = compile_options.get("steps_per_execution", 1)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+            with scope:
+                self.model, names = build_ours(architecture, num_scenarios, batch_size,
+                                               MODELS[architecture], every_scenario=every_scenario,
+                                               **compile_options)
+            self.flops = forward_flops(self.model, batch_size, num_scenarios)
+            self.dataset = in_memory_dataset(data, names, batch_size)
+            self.model.fit(self.dataset, epochs=1, steps_per_epoch=max(warmup, 1) * self.spe,
+                           verbose=0)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        self.side = "ours, every scenario" if every_scenario else "ours"
+        self.label = f"{self.side} {architecture} S={num_scenarios} {policy}"
+
+    def round(self, steps: int) -> List[float]:
+        """Wall seconds of ``steps`` training steps (after one untimed step)."""
+        timer = step_timer(1)
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=(steps + 1) * self.spe,
+                       verbose=0, callbacks=[timer])
+        return [t / self.spe for t in timer.times]
+
+    def row(self) -> Dict:
+        forward = sum(self.flops.values()) / self.batch_size
+        return {"model": self.architecture, "side": self.side, "scenarios": self.num_scenarios,
+                "policy": self.policy, "train_flops_per_example": 3 * forward,
+                "forward_flops_by_op": self.flops,
+                "parameters": int(self.model.count_params()), "options": dict(self.options)}
 
 
+class TorchRunner:
+    """torch-rechub's models in a persistent ``torch_side.py`` subprocess (see its docstring)."""
 
-# --------------------------------------------------------------------------- torch side
+    def __init__(self, python: str, data_file: str, models, batch_size: int, warmup: int,
+                 threads: int, log_file):
+        command = [python, os.path.join(HERE, "torch_side.py"), "--data", data_file,
+                   "--batch-size", str(batch_size), "--warmup", str(warmup),
+                   "--threads", str(threads)]
+        self._log = log_file
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log_file, text=True, bufsize=1)
+        self.rows = self._ask({"cmd": "build", "models": list(models)})["rows"]
+
+    def _ask(self, command: Dict) -> Dict:
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            self._log.flush()
+            self._log.seek(0)
+            raise RuntimeError(f"torch side ({TORCH_PYTHON}) failed:\n{self._log.read()[-3000:]}")
+        return json.loads(line)
+
+    def runner(self, model: str):
+        parent = self
+
+        class _Model:
+            label = f"torch-rechub {model} S=1"
+
+            def round(self, steps: int) -> List[float]:
+                return parent._ask({"cmd": "round", "model": model, "steps": steps + 1})["step_s"][1:]
+
+            def row(self) -> Dict:
+                return dict(parent.rows[model])
+
+        return _Model()
+
+    def gemm_seconds(self, n: int = 4096) -> float:
+        return self._ask({"cmd": "gemm", "n": n})["seconds"]
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self._process.stdin.flush()
+            self._process.wait(timeout=60)
 
 
-def time_torch(data_file: str, models, batch_size: int, steps: int, warmup: int,
-               threads: int, python: str) -> List[Dict]:
-    command = [python, os.path.join(HERE, "torch_side.py"), "--data", data_file,
-               "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup),
-               "--threads", str(threads), "--models", *models]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"torch side failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def summarize(row: Dict, rounds: List[List[float]], batch_size: int) -> Dict:
+    """Median over rounds of each round's examples/s (batch / mean step time)."""
+    rates = [batch_size / float(np.mean(steps)) for steps in rounds]
+    rate = float(np.median(rates))
+    flops = row["train_flops_per_example"]
+    return {**row, "examples_per_s": rate, "step_ms": 1e3 * batch_size / rate,
+            "gflops_per_s": flops * rate / 1e9, "round_examples_per_s": rates,
+            "spread": [min(rates), max(rates)],
+            "step_ms_all": [round(1e3 * t, 2) for steps in rounds for t in steps]}
+
+
+def run_interleaved(runners, rounds: int, steps: int, batch_size: int, torch_runner=None):
+    """``rounds`` rounds of every runner (alternating order) and one GEMM per side per round."""
+    times = {id(r): [] for r in runners}
+    gemm_tf, gemm_torch = [], []
+    for i in range(rounds):
+        order = runners if i % 2 == 0 else runners[::-1]
+        for runner in order:
+            times[id(runner)].append(runner.round(steps))
+        gemm_tf.append(gemm_seconds())
+        if torch_runner is not None:
+            gemm_torch.append(torch_runner.gemm_seconds())
+        print(f"round {i + 1}/{rounds}: " + ", ".join(
+            f"{r.label} {batch_size / np.mean(times[id(r)][-1]):,.0f}/s" for r in runners)
+            + f"; GEMM {2 * 4096 ** 3 / gemm_tf[-1] / 1e9:.0f} GFLOP/s; load "
+            f"{os.getloadavg()[0]:.1f}", flush=True)
+    rows = [summarize(r.row(), times[id(r)], batch_size) for r in runners]
+    flops = 2 * 4096 ** 3 / 1e9
+    roofline = {"tensorflow_gflops": flops / float(np.median(gemm_tf)),
+                "tensorflow_rounds": [flops / t for t in gemm_tf]}
+    if gemm_torch:
+        roofline.update(torch_gflops=flops / float(np.median(gemm_torch)),
+                        torch_rounds=[flops / t for t in gemm_torch])
+    return rows, roofline
 
 
 # --------------------------------------------------------------------------- report
@@ -289,9 +414,9 @@ def machine() -> Dict:
 
 def table(rows: List[Dict], roofline: float) -> str:
     torch_rate = {r["model"]: r["examples_per_s"] for r in rows if r["side"] == "torch-rechub"}
-    lines = ["| model | side | scenarios | examples/s | step ms | train MFLOP/example | "
-             "GFLOP/s | % of GEMM roofline | ours / torch-rechub |",
-             "|:--|:--|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| model | side | scenarios | examples/s (median of rounds) | slowest - fastest round "
+             "| step ms | train MFLOP/example | GFLOP/s | % of GEMM roofline | ours / torch-rechub |",
+             "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         ratio = ""
         policy = r.get("policy", "float32")
@@ -299,8 +424,9 @@ def table(rows: List[Dict], roofline: float) -> str:
                 and policy == "float32"):
             ratio = f"{r['examples_per_s'] / torch_rate[r['model']]:.2f}x"
         name = r["model"] if policy == "float32" else f"{r['model']} ({policy})"
+        low, high = r["spread"]
         lines.append(f"| {name} | {r['side']} | {r['scenarios']} | "
-                     f"{r['examples_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                     f"{r['examples_per_s']:,.0f} | {low:,.0f} - {high:,.0f} | {r['step_ms']:.1f} | "
                      f"{r['train_flops_per_example'] / 1e6:.2f} | {r['gflops_per_s']:.0f} | "
                      f"{100 * r['gflops_per_s'] / roofline:.0f}% | {ratio} |")
     return "\n".join(lines)
@@ -312,10 +438,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--scenarios", type=int, nargs="+", default=[1, 5],
                         help="scenario counts for our models (1 is the torch-rechub comparison)")
     parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="intra-op threads for both sides (0: all cores)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after building")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads for both sides (0: each library's default)")
     parser.add_argument("--inter-op-threads", type=int, default=0)
     parser.add_argument("--jit-compile", action="store_true", help="XLA (measured slower here)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
@@ -324,6 +451,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "mixed_bfloat16 (measured: see RESULTS.md)")
     parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
                         help="mirrored: tf.distribute.MirroredStrategy over the visible GPUs")
+    parser.add_argument("--every-scenario", action="store_true",
+                        help="also time the models that compute only each example's own "
+                             f"scenario ({', '.join(ROUTED_MODELS)}) computing every scenario "
+                             "for every example (the computation before routing), same run")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-python", default=TORCH_PYTHON)
     parser.add_argument("--output-json", default=os.path.join(HERE, "results",
@@ -333,55 +464,62 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     import tensorflow as tf
-    import tf_keras as keras
     configure_threads(args.threads, args.inter_op_threads)
     strategy = None
     if args.strategy == "mirrored":
         strategy = tf.distribute.MirroredStrategy()
         print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
 
-    roofline = gemm_roofline()
-    print(f"GEMM roofline (4096^3 fp32 matmul, TF): {roofline:.0f} GFLOP/s")
-    rows: List[Dict] = []
+    load_start = os.getloadavg()
     options = dict(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
     batches = 8
-    with tempfile.TemporaryDirectory() as tmp:
+    runners = []
+    torch_runner = None
+    with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "torch.log"), "w+") as log:
         for num_scenarios in args.scenarios:
             data = make_data(batches * args.batch_size, num_scenarios)
             for architecture in args.models:
                 for policy in args.policies:
-                    keras.mixed_precision.set_global_policy(policy)
-                    row = time_ours(architecture, num_scenarios, data, args.batch_size,
-                                    args.steps, args.warmup, strategy, **options)
-                    keras.mixed_precision.set_global_policy("float32")
-                    row["policy"] = policy
-                    rows.append(row)
-                    print(f"ours {architecture:16s} S={num_scenarios} {policy}: "
-                          f"{row['examples_per_s']:9,.0f} examples/s, "
-                          f"{row['gflops_per_s']:5.0f} GFLOP/s", flush=True)
-            if num_scenarios == 1 and not args.no_torch:
-                wanted = [m for m in TORCH_MODELS if m in args.models]
-                if wanted and os.path.exists(args.torch_python):
+                    runners.append(OursRunner(architecture, num_scenarios, data, args.batch_size,
+                                              args.warmup, policy, strategy, **options))
+                    print(f"built {runners[-1].label}", flush=True)
+                    if (args.every_scenario and num_scenarios > 1
+                            and architecture in ROUTED_MODELS):
+                        runners.append(OursRunner(architecture, num_scenarios, data,
+                                                  args.batch_size, args.warmup, policy, strategy,
+                                                  every_scenario=True, **options))
+                        print(f"built {runners[-1].label}", flush=True)
+            wanted = [m for m in TORCH_MODELS if m in args.models]
+            if num_scenarios == 1 and wanted and not args.no_torch:
+                if os.path.exists(args.torch_python):
                     path = os.path.join(tmp, "data.npz")
-                    np.savez(path, **data)
-                    for row in time_torch(path, wanted, args.batch_size, args.steps, args.warmup,
-                                          args.threads, args.torch_python):
-                        rows.append(row)
-                        print(f"torch-rechub {row['model']:8s} S=1: "
-                              f"{row['examples_per_s']:9,.0f} examples/s, "
-                              f"{row['gflops_per_s']:5.0f} GFLOP/s", flush=True)
-                elif wanted:
+                    np.savez(path, vocab_sizes=np.asarray(vocab_sizes()), **data)
+                    torch_runner = TorchRunner(args.torch_python, path, wanted, args.batch_size,
+                                               args.warmup, args.threads, log)
+                    runners += [torch_runner.runner(m) for m in wanted]
+                    print(f"built torch-rechub {' '.join(wanted)}", flush=True)
+                else:
                     print(f"no {args.torch_python}: run benchmarks/setup_torch_env.sh "
                           "for the torch-rechub side")
-        roofline_after = gemm_roofline()
+        gemm_seconds()  # trace and warm the roofline's matmul
+        try:
+            rows, roofline_info = run_interleaved(runners, args.rounds, args.steps,
+                                                  args.batch_size, torch_runner)
+        finally:
+            if torch_runner is not None:
+                torch_runner.close()
     info = machine()
-    info["gemm_roofline_gflops"] = {"before": roofline, "after": roofline_after}
-    roofline = max(roofline, roofline_after)
+    info["load_average_1m_start"] = round(load_start[0], 2)
+    info["gemm_roofline"] = roofline_info
+    roofline = roofline_info["tensorflow_gflops"]
     if any(r["side"] == "torch-rechub" for r in rows):
         info["torch"] = next(r["versions"] for r in rows if r["side"] == "torch-rechub")
     text = table(rows, roofline)
-    print(f"\nGEMM roofline {roofline:.0f} GFLOP/s (before {info['gemm_roofline_gflops']['before']:.0f},"
-          f" after {roofline_after:.0f}); load average {info['load_average_1m']}\n")
+    torch_gemm = (f", torch {roofline_info['torch_gflops']:.0f}" if "torch_gflops" in roofline_info
+                  else "")
+    print(f"\nGEMM roofline (4096^3 fp32, median of {args.rounds} rounds): TensorFlow "
+          f"{roofline:.0f} GFLOP/s{torch_gemm}; load average {info['load_average_1m_start']} at "
+          f"the start, {info['load_average_1m']} at the end\n")
     print(text)
 
     os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
@@ -394,10 +532,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             f.write(f"\n## Training throughput ({info['date']})\n"
                     f"`benchmarks/train_throughput.py {' '.join(argv or sys.argv[1:])}` on "
                     f"{info['cpu']} ({info['cores']} cores, {info['isa']}), TF {info['tensorflow']}, "
-                    f"{torch_note}. Batch {args.batch_size}, Adam, data in memory, median of "
-                    f"{args.steps} steps after {args.warmup} warm-up steps. GEMM roofline "
-                    f"{roofline:.0f} GFLOP/s (4096^3 fp32 matmul in TF, same run). Load average "
-                    f"at the end {info['load_average_1m']}: the machine was shared with other "
+                    f"{torch_note}; {args.threads or 'default'} intra-op threads on both sides. "
+                    f"Batch {args.batch_size}, Adam, data in memory; {args.rounds} interleaved "
+                    f"rounds of {args.steps} steps per model after {args.warmup} warm-up steps, "
+                    f"median of the rounds. GEMM roofline {roofline:.0f} GFLOP/s (4096^3 fp32 "
+                    f"matmul in TF, once per round, median{torch_gemm.replace(', torch', '; torch')}"
+                    f"). Load average {info['load_average_1m_start']} at the start, "
+                    f"{info['load_average_1m']} at the end: the machine was shared with other "
                     f"jobs, so absolute figures are noisy; the same-run ratios are the figures "
                     f"to read. No GPU on this machine (`--strategy mirrored` uses GPUs where "
                     f"there are).\n\n{text}\n")

@@ -13,7 +13,11 @@ Every architecture is a *backbone* layer registered in ``ARCHITECTURES``:
   (ids of the coarser levels of a scenario hierarchy, coarse to fine; zero
   columns without a hierarchy);
 - returns ``task_logits`` ``[batch, num_scenarios, num_tasks]``, auxiliary losses
-  via ``add_loss``.
+  via ``add_loss``. A backbone whose ``call`` takes ``all_scenarios`` (default True)
+  is called with ``all_scenarios=False`` and then computes only each example's own
+  scenario row (every row for an unseen scenario; the others are 0, which
+  ``ScenarioSelect`` weighs by 0); see ``models.layers.routing`` and
+  ``all_scenario_model``.
 
 The model around it is the same for all: one fused embedding table, the
 backbone, ``TaskProbabilities`` (ESMM composition when the spec asks for it)
@@ -21,6 +25,7 @@ and ``ScenarioSelect`` (each example's own scenario; outputs ``{task: [batch, 1]
 """
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -228,12 +233,14 @@ def model_input_names(data: DataInfo) -> Tuple[str, ...]:
     return tuple(data.field_names) + (features.SCENARIO_ID,) + levels
 
 
-def build_model(spec: ModelSpec, data: DataInfo) -> keras.Model:
+def build_model(spec: ModelSpec, data: DataInfo, own_scenario: bool = True) -> keras.Model:
     """A Keras model: transformed features + scenario ids in, own-scenario probabilities out.
 
     Inputs: one int64 ``[batch]`` tensor per field, ``scenario_id`` and, with a
     scenario hierarchy, ``scenario_level_<i>_id``. Outputs: ``{task: [batch, 1]}``,
-    each task's probability for the example's own scenario.
+    each task's probability for the example's own scenario. ``own_scenario=False``
+    runs every scenario's path for every example also in backbones that can route
+    (same outputs, more work; for benchmarks).
     """
     inputs = {name: keras.Input(shape=(), dtype=tf.int64, name=name)
               for name in model_input_names(data)}
@@ -253,9 +260,12 @@ def build_model(spec: ModelSpec, data: DataInfo) -> keras.Model:
     levels = [inputs[features.scenario_level_id(i)] for i in range(len(data.scenario_level_sizes))]
     scenario_levels = (tf.stack(levels, axis=1) if levels
                        else tf.zeros_like(scenario_id)[:, None][:, :0])
-    task_logits = build_backbone(spec, data)(
+    backbone = build_backbone(spec, data)
+    routing = ({"all_scenarios": False} if own_scenario and _routes_by_scenario(backbone)
+               else {})
+    task_logits = backbone(
         {"embedded": embedded, "scenario_id": scenario_id, "scenario_levels": scenario_levels,
-         **backbone_inputs})
+         **backbone_inputs}, **routing)
     parents = None
     if spec.esmm:
         parents = [None if p is None else data.task_names.index(p) for p in data.task_parents]
@@ -273,9 +283,24 @@ def build_model(spec: ModelSpec, data: DataInfo) -> keras.Model:
     return keras.Model(inputs, outputs, name=spec.name)
 
 
+def _routes_by_scenario(backbone: keras.layers.Layer) -> bool:
+    """Whether the backbone can compute each example's own scenario only."""
+    return "all_scenarios" in inspect.signature(backbone.call).parameters
+
+
 def all_scenario_model(model: keras.Model) -> keras.Model:
-    """Diagnostics: every scenario's probability per task, ``[batch, scenarios, tasks]``."""
-    return keras.Model(model.inputs, model.get_layer(PROBABILITIES_LAYER).output)
+    """Diagnostics: every scenario's probability per task, ``[batch, scenarios, tasks]``.
+
+    A backbone that the model runs on each example's own scenario only
+    (``all_scenarios=False``, ``models.layers.routing``) is called once more with
+    ``all_scenarios=True``, sharing its weights.
+    """
+    probabilities = model.get_layer(PROBABILITIES_LAYER)
+    backbone = model.get_layer(BACKBONE_LAYER)
+    if not _routes_by_scenario(backbone):
+        return keras.Model(model.inputs, probabilities.get_output_at(0))
+    logits = backbone(backbone.get_input_at(0), all_scenarios=True)
+    return keras.Model(model.inputs, probabilities(logits))
 
 
 def prepare_spec(spec: ModelSpec, data: DataInfo, train_dataset, eval_dataset,

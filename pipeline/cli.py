@@ -1,7 +1,6 @@
 """The `msmt` command line: a thin layer over functions the tests call directly."""
 
 import argparse
-import dataclasses
 import glob
 import logging
 import os
@@ -51,12 +50,12 @@ def build_config(args) -> "configs.PipelineConfig":
         dataset = dataset.with_files(args.data)
     model = specs.load_model_spec(args.model)
     if args.epochs:
-        model = dataclasses.replace(model, training=tuple(sorted(
-            {**model.training_dict, "epochs": args.epochs}.items())))
+        model = model.with_training(epochs=args.epochs)
     return configs.PipelineConfig(
         dataset=dataset, model=model, output_dir=args.output_dir, selector=args.selector,
         selector_params=configs.parse_selector_params(args.selector_param or ()),
-        beam_workers=args.beam_workers, enable_cache=not args.no_cache,
+        beam_workers=args.beam_workers or configs.default_beam_workers(),
+        enable_cache=not args.no_cache,
         beam=configs.load_beam_config(args.beam_config, args.beam_runner, tuple(args.beam_arg or ())),
         transform_analyzer_cache=args.analyzer_cache,
         tuning=(configs.TuningConfig(max_trials=args.tune_trials, algorithm=args.tune_algorithm)
@@ -234,7 +233,9 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    help="a parameter of the selector, repeatable, YAML value (e.g. "
                         "compress_ratio=0.3, k=12, gnn=false, shared=intersection)")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
-    p.add_argument("--beam-workers", type=int, default=2, help="direct runner's worker processes")
+    p.add_argument("--beam-workers", type=int,
+                   help="direct runner's worker processes (default: in memory on up to 2 cores, "
+                        "else one per core)")
     p.add_argument("--beam-runner", choices=["direct", "flink", "spark", "dataflow"],
                    help="where the Beam-powered components run (default: the --beam-config "
                         "file's, else direct)")

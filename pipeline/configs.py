@@ -179,6 +179,18 @@ def load_beam_config(path: Optional[str] = None, runner: Optional[str] = None,
                             source=" + ".join(sources) or "beam config")
 
 
+def default_beam_workers() -> int:
+    """The direct runner's workers: in memory (1) on up to 2 cores, else one process per core.
+
+    On 2 cores the multi-processing runner's worker start-up and cross-process transfers
+    cost more than the second process gains: the data components of 50,000 rows of the
+    80-column shape took 198 s with 2 worker processes and 137 s in memory
+    (benchmarks/RESULTS.md, "Data components and scale").
+    """
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else cores
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     dataset: DatasetSpec
@@ -188,7 +200,7 @@ class PipelineConfig:
     selector: str = "saliency"  # Kept until the AUC with selection is measured.
     # The method's parameters (README "Feature selection"); unset ones take its defaults.
     selector_params: Tuple[Tuple[str, Any], ...] = ()
-    beam_workers: int = 2
+    beam_workers: int = dataclasses.field(default_factory=default_beam_workers)
     enable_cache: bool = True
     thresholds: EvalThresholds = EvalThresholds()
     beam: BeamConfig = BeamConfig()

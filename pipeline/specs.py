@@ -542,6 +542,11 @@ class ModelSpec:
     def training_dict(self) -> Dict[str, Any]:
         return dict(self.training)
 
+    def with_training(self, **overrides: Any) -> "ModelSpec":
+        """A copy with these ``training:`` values replaced (e.g. ``epochs`` from the CLI)."""
+        return dataclasses.replace(self, training=tuple(sorted(
+            {**self.training_dict, **overrides}.items())))
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -22,9 +22,7 @@ E2E_ROWS = 6000
 
 
 def small_model_spec(epochs: int = 4) -> specs.ModelSpec:
-    model = specs.load_model_spec("mmoe")
-    training = {**model.training_dict, "epochs": epochs, "batch_size": 256}
-    return dataclasses.replace(model, training=tuple(sorted(training.items())))
+    return specs.load_model_spec("mmoe").with_training(epochs=epochs, batch_size=256)
 
 
 @pytest.fixture(scope="session")
@@ -99,9 +97,7 @@ def blessing_runs(synthetic_data, tmp_path_factory):
         data_path, str(tmp_path_factory.mktemp("blessing_data")))
     base = specs.load_dataset_spec("synthetic")
     output_dir = str(tmp_path_factory.mktemp("blessing_runs"))
-    model = small_model_spec(epochs=6)
-    model = dataclasses.replace(model, training=tuple(sorted(
-        {**model.training_dict, "batch_size": 128}.items())))
+    model = small_model_spec(epochs=6).with_training(batch_size=128)
     results = []
     for train in (paths["train"], paths["train_degraded"]):
         spec = dataclasses.replace(

@@ -43,8 +43,21 @@ RUNNERS = {
 def _config(runner: str, options, tmp_path) -> configs.PipelineConfig:
     return configs.PipelineConfig(
         dataset=specs.load_dataset_spec("synthetic"), model=specs.load_model_spec("mmoe"),
-        output_dir=str(tmp_path), selector="none",
+        output_dir=str(tmp_path), selector="none", beam_workers=2,
         beam=configs.BeamConfig.parse(runner, options, source="test"))
+
+
+@pytest.mark.parametrize("cores,workers,mode", [(1, 1, "in_memory"), (2, 1, "in_memory"),
+                                                (8, 8, "multi_processing")])
+def test_default_direct_runner_is_in_memory_on_two_cores(cores, workers, mode, monkeypatch,
+                                                          tmp_path):
+    monkeypatch.setattr(configs.os, "cpu_count", lambda: cores)
+    config = configs.PipelineConfig(
+        dataset=specs.load_dataset_spec("synthetic"), model=specs.load_model_spec("mmoe"),
+        output_dir=str(tmp_path), selector="none")
+    assert config.beam_workers == workers
+    assert f"--direct_running_mode={mode}" in config.beam_pipeline_args
+    assert f"--direct_num_workers={workers}" in config.beam_pipeline_args
 
 
 def _executor_beam_args(pipeline) -> dict:

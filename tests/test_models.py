@@ -7,6 +7,7 @@ scenario ``s``, and not all zero on a batch of ``s``.
 """
 
 import dataclasses
+import inspect
 import os
 import tempfile
 
@@ -169,3 +170,150 @@ def test_esmm_composes_dependent_tasks():
     assert np.all(out["conversion"].numpy() <= out["click"].numpy() + 1e-7)
     probabilities = factory.all_scenario_model(model)(x).numpy()
     assert np.all(probabilities[..., 1] <= probabilities[..., 0] + 1e-7)
+
+
+# ------------------------------------------------- own-scenario computation (routing)
+
+ROUTED = ["cgc", "hinet", "ple", "star"]  # Backbones that run only each example's scenario.
+
+
+def _mixed_batch(n=48, seed=1):
+    """Every scenario, plus examples of a scenario unseen in training (id NUM_SCENARIOS)."""
+    x, y = _batch(n, seed=seed)
+    x["scenario_id"][:4] = NUM_SCENARIOS
+    return x, y
+
+
+def _no_dropout(architecture):
+    return tuple((k, 0.0) for k in factory.ARCHITECTURES[architecture].hparams
+                 if k == "dropout" or k.endswith("_dropout"))
+
+
+def test_routed_backbones_take_all_scenarios():
+    """Every backbone whose call takes ``all_scenarios`` is in ROUTED (so tested below)."""
+    routed = sorted(name for name, a in factory.ARCHITECTURES.items() if isinstance(a.layer, type)
+                    and "all_scenarios" in inspect.signature(a.layer.call).parameters)
+    assert routed == ROUTED
+
+
+@pytest.mark.parametrize("architecture", ROUTED)
+@pytest.mark.parametrize("training", [False, True])
+def test_own_scenario_path_equals_every_scenario_path(architecture, training):
+    """Own-scenario logits and gradients equal the every-scenario computation's."""
+    model = _build(architecture, seed=2, hparams=_no_dropout(architecture))
+    backbone = model.get_layer(factory.BACKBONE_LAYER)
+    backbone_inputs = keras.Model(model.inputs, backbone.get_input_at(0))
+    select = model.get_layer("scenario_select")
+    probabilities = model.get_layer(factory.PROBABILITIES_LAYER)
+    x, y = _mixed_batch()
+    inputs = backbone_inputs(x)
+    ids = x["scenario_id"]
+    results = {}
+    for all_scenarios in (False, True):
+        with tf.GradientTape() as tape:
+            logits = backbone(inputs, training=training, all_scenarios=all_scenarios)
+            own = select(probabilities(logits), ids)
+            loss = sum(tf.reduce_mean(keras.losses.binary_crossentropy(y[t], own[:, i:i + 1]))
+                       for i, t in enumerate(y))
+        grads = tape.gradient(loss, backbone.trainable_weights, unconnected_gradients="zero")
+        results[all_scenarios] = logits.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
+    (own_logits, own_grads), (all_logits, all_grads) = results[False], results[True]
+    assert own_logits.shape == all_logits.shape == (48, NUM_SCENARIOS, 2)
+    known = ids < NUM_SCENARIOS
+    rows = np.take_along_axis(own_logits[known], ids[known][:, None, None], axis=1)
+    expected = np.take_along_axis(all_logits[known], ids[known][:, None, None], axis=1)
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-6)
+    # Unseen scenario: every known scenario's row (ScenarioSelect mixes them by the prior).
+    np.testing.assert_allclose(own_logits[~known], all_logits[~known], rtol=1e-5, atol=1e-6)
+    # Other scenarios' rows of a known example are not computed.
+    other = np.ones_like(own_logits, bool)
+    other[np.arange(48), np.minimum(ids, NUM_SCENARIOS - 1)] = False
+    other[~known] = False
+    assert np.all(own_logits[other] == 0.0)
+    for variable, got, want in zip(backbone.trainable_weights, own_grads, all_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=variable.name)
+
+
+@pytest.mark.parametrize("architecture", ROUTED)
+def test_unseen_scenario_reads_every_scenario_path(architecture):
+    """An unseen scenario's prediction mixes every scenario's, so each path is computed
+    for it and every scenario's private parameters get a gradient from it."""
+    model = _build(architecture)
+    backbone = model.get_layer(factory.BACKBONE_LAYER)
+    x, y = _batch(16, scenario=NUM_SCENARIOS)
+    with tf.GradientTape() as tape:
+        out = model(x, training=False)
+        loss = sum(tf.reduce_mean(keras.losses.binary_crossentropy(y[t], out[t])) for t in y)
+    grads = tape.gradient(loss, [v for s in range(NUM_SCENARIOS)
+                                 for v, _ in backbone.scenario_parameters(s)],
+                          unconnected_gradients="zero")
+    values = iter(grads)
+    for scenario in range(NUM_SCENARIOS):
+        pairs = backbone.scenario_parameters(scenario)
+        got = [tf.convert_to_tensor(next(values)).numpy()[index] for _, index in pairs]
+        assert any(np.any(g != 0) for g in got), f"scenario {scenario} not read by unseen"
+
+
+def test_ple_serving_signature_save_load_equality():
+    """The export path's mechanism (a tf.Module holding the model, a serving signature,
+    ``tf.saved_model.save``) on a routed backbone: same outputs after loading, for a batch
+    mixing every scenario and an unseen one and for a single example."""
+    model = _build("ple")
+    x, y = _mixed_batch(32)
+    model.fit(x, y, epochs=1, verbose=0)
+    module = tf.Module()
+    module.model = model
+    specs_ = {k: tf.TensorSpec([None], tf.int64, name=k) for k in model.input_names}
+    module.serve = tf.function(lambda inputs: module.model(inputs, training=False),
+                               input_signature=[specs_])
+    with tempfile.TemporaryDirectory() as directory:
+        tf.saved_model.save(module, directory,
+                            signatures={"serving_default": module.serve.get_concrete_function()})
+        served = tf.saved_model.load(directory).signatures["serving_default"]
+        for batch in (x, {k: v[:1] for k, v in x.items()}, {k: v[1:2] for k, v in x.items()}):
+            expected = model(batch, training=False)
+            got = served(**{k: tf.constant(v, tf.int64) for k, v in batch.items()})
+            for task in expected:
+                np.testing.assert_allclose(got[task].numpy(), expected[task].numpy(),
+                                           rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+@pytest.mark.parametrize("units,output_activation", [([6, 5, 1], None), ([3], "softmax")])
+def test_parallel_mlp_is_one_mlp_per_block(shared_input, units, output_activation):
+    """ParallelMLP's batched (block-major) matmuls equal K separate MLPs, values and gradients."""
+    from models.layers import ParallelMLP
+    rng = np.random.default_rng(0)
+    num_blocks = 3
+    x = tf.constant(rng.normal(size=(9, 4) if shared_input else (9, num_blocks, 4)), tf.float32)
+    layer = ParallelMLP(num_blocks, units, output_activation=output_activation)
+    last = keras.activations.get(output_activation)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = layer(x)
+        expected = []
+        for k in range(num_blocks):
+            h = x if shared_input else x[:, k]
+            for i, (kernel, bias) in enumerate(zip(layer.kernels, layer.biases)):
+                h = tf.matmul(h, kernel[k]) + bias[k]
+                h = tf.nn.relu(h) if i < len(units) - 1 else last(h)
+            expected.append(h)
+        expected = tf.stack(expected, axis=1)
+        loss_got, loss_expected = (
+            tf.reduce_sum(t * tf.reshape(tf.range(1.0, 1.0 + tf.size(t, tf.float32)), t.shape))
+            for t in (got, expected))
+    assert got.shape == (9, num_blocks, units[-1])
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    for source in [x] + layer.kernels + layer.biases:
+        np.testing.assert_allclose(tape.gradient(loss_got, source).numpy(),
+                                   tape.gradient(loss_expected, source).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_mix_experts_is_each_gates_weighted_sum():
+    from models.layers import mix_experts
+    rng = np.random.default_rng(1)
+    gates = tf.nn.softmax(tf.constant(rng.normal(size=(5, 2, 3)), tf.float32))
+    experts = tf.constant(rng.normal(size=(5, 3, 4)), tf.float32)
+    expected = np.einsum("bge,beh->bgh", gates.numpy(), experts.numpy())
+    np.testing.assert_allclose(mix_experts(gates, experts).numpy(), expected, rtol=1e-5, atol=1e-6)

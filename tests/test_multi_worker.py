@@ -53,7 +53,6 @@ if __name__ == "__main__":
     _worker_main(sys.argv[1])
     sys.exit(0)
 
-import dataclasses  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -121,10 +120,8 @@ def transform_output(tmp_path_factory):
 
 
 def _model_spec() -> specs.ModelSpec:
-    model = specs.load_model_spec("mmoe")
-    training = {**model.training_dict, "strategy": "multi_worker", "epochs": 2,
-                "batch_size": 128, "steps_per_epoch": 4, "eval_steps": 2}
-    return dataclasses.replace(model, training=tuple(sorted(training.items())))
+    return specs.load_model_spec("mmoe").with_training(
+        strategy="multi_worker", epochs=2, batch_size=128, steps_per_epoch=4, eval_steps=2)
 
 
 def _run_workers(tmp_path, fn_args_per_worker):

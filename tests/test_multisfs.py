@@ -55,6 +55,21 @@ def test_saliency_matches_finite_differences():
                                atol=0.01 * scores.max())
 
 
+def test_saliency_averages_independent_inits():
+    # One probe is re-initialised per init (one traced gradient); each init must equal a
+    # fresh probe drawn from the same seed.
+    batches = saliency.read_batches(planted_batches(rows=600, batch=300), 2, len(VOCAB), 2, "t")
+    fresh = []
+    for init in range(3):
+        probe = saliency.SaliencyProbe(VOCAB, 2, 2, embedding_dim=4, hidden_units=8)
+        probe.initialise(5 * 1000 + init)
+        probe.calibrate(batches)
+        fresh.append(saliency.probe_saliency(probe, batches))
+    averaged = saliency.field_saliency(iter(batches), VOCAB, 2, 2, 4, 8, seed=5, num_inits=3)
+    np.testing.assert_allclose(averaged, np.mean(fresh, axis=0), rtol=1e-5)
+    assert not np.allclose(fresh[0], fresh[1])
+
+
 def test_calibrated_probe_predicts_each_cells_label_rate():
     batches = saliency.read_batches(planted_batches(rows=400, batch=400), 2, len(VOCAB), 2, "t")
     probe = saliency.SaliencyProbe(VOCAB, 2, 2)
@@ -152,6 +167,30 @@ def test_merge_scores_follows_eq_24():
     np.testing.assert_allclose(merged, expected)
 
 
+def test_mean_merge_is_the_relation_weighted_mean_of_each_pairs_shares():
+    scores = np.array([[1.0, 3.0], [30.0, 10.0], [np.nan, np.nan]])  # [P, N]; pair 2 unseen.
+    relations = np.array([np.eye(3), np.eye(3)])
+    relations[0, 0, 1] = relations[0, 1, 0] = 0.5
+    relations[1, 0, 1] = relations[1, 1, 0] = -0.25  # Opposite directions: no weight.
+    relations[:, 0, 2] = relations[:, 2, 0] = 0.9  # To the unseen pair: ignored.
+    merged = multisfs.merge_scores(scores, relations, "mean")
+    shares = np.array([[0.25, 0.75], [0.75, 0.25]])  # Each pair's scores over its total.
+    expected = [[(0.25 + 0.5 * 0.75) / 1.5, 0.75], [(0.75 + 0.5 * 0.25) / 1.5, 0.25],
+                [np.nan, np.nan]]
+    np.testing.assert_allclose(merged, expected)
+    # Without relations each pair keeps its own ranking (its shares).
+    np.testing.assert_allclose(multisfs.merge_scores(scores[:2], np.array([np.eye(2)] * 2),
+                                                     "mean"), shares)
+    # Pairs that agree on a field do not promote it: fully related pairs all get the mean share.
+    agree = multisfs.merge_scores(scores[:2], np.ones([2, 2, 2]), "mean")
+    np.testing.assert_allclose(agree, [[0.5, 0.5], [0.5, 0.5]])
+    # A pair's scale does not matter, only its ranking.
+    np.testing.assert_allclose(
+        multisfs.merge_scores(scores * [[1.0], [1e-3], [1.0]], relations, "mean"), merged)
+    with pytest.raises(ValueError, match="merge must be one of"):
+        multisfs.merge_scores(scores, relations, "max")
+
+
 def test_keep_counts_round_half_up_and_validate_k():
     assert saliency.keep_counts(5, 2, 0.5).tolist() == [3, 3]  # round(2.5) = 3
     assert saliency.keep_counts(20, 2, 0.2).tolist() == [16, 16]
@@ -198,10 +237,16 @@ def test_with_the_gnn_the_selection_is_top_k_of_the_merged_scores():
     # The scores are eq. (24) applied to the raw saliency.
     np.testing.assert_allclose(
         result.scores.reshape(4, -1),
-        multisfs.merge_scores(d["raw_scores"].reshape(4, -1), d["relations"]))
+        multisfs.merge_scores(d["raw_scores"].reshape(4, -1), d["relations"], "mean"))
     assert d["saliency_seconds"] > 0 and d["gnn_seconds"] > 0
     assert d["rows_read"] == 3000
     assert result.params["k"] == [2, 2] and result.params["shared"] == "intersection"
+    summed = multisfs.select(planted_batches(), VOCAB, 2, 2,
+                             {"k": 2, "num_inits": 2, "gnn_epochs": 5, "merge": "sum"})
+    np.testing.assert_allclose(
+        summed.scores.reshape(4, -1),
+        multisfs.merge_scores(summed.diagnostics["raw_scores"].reshape(4, -1),
+                              summed.diagnostics["relations"], "sum"))
 
 
 def test_selection_is_deterministic_given_a_seed():
@@ -229,6 +274,13 @@ def test_num_batches_limits_the_rows_read():
     assert result.diagnostics["rows_read"] == 1000
 
 
+def test_by_default_five_batches_per_scenario_are_read():
+    # The paper's five batches per task; each (scenario, task) pair sees its scenario's rows.
+    result = multisfs.select(planted_batches(rows=3000, batch=100), VOCAB, 2, 2,
+                             {"num_inits": 1, "gnn": False})
+    assert result.diagnostics["rows_read"] == 1000 and result.params["num_batches"] == 10
+
+
 @pytest.mark.parametrize("params, key", [
     ({"compress_ratio": 1.0}, "compress_ratio"),
     ({"compress_ratio": "0.5"}, "compress_ratio"),
@@ -240,6 +292,7 @@ def test_num_batches_limits_the_rows_read():
     ({"seed": -1}, "seed"),
     ({"gnn_learning_rate": 0}, "gnn_learning_rate"),
     ({"num_batch": 5}, "num_batch"),
+    ({"merge": "max"}, "merge"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
     with pytest.raises(ValueError, match=f"multisfs.*'{key}'"):

@@ -226,8 +226,7 @@ def selector_runs(pipeline_runs):
     """
     from pipeline import local_runner, report
     config = pipeline_runs[0]
-    model = dataclasses.replace(config.model, training=tuple(sorted(
-        {**config.model.training_dict, "epochs": 1}.items())))
+    model = config.model.with_training(epochs=1)
     results = {}
     for selector, params in PIPELINE_SELECTORS.items():
         run_config = dataclasses.replace(config, selector=selector, selector_params=params,

@@ -14,7 +14,9 @@ from typing import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from models.layers.core import ParallelMLP, SoftmaxGate, flatten_fields
+from models.layers.core import ParallelMLP, SoftmaxGate, flatten_fields, mix_experts
+from models.layers.routing import (ScenarioRouting, build_sublayer, mix_per_head, run_blocks,
+                                   split_blocks)
 
 _MASK_VALUE = -1e9  # exp(-1e9 - max) is exactly 0 in float32.
 
@@ -104,6 +106,7 @@ class ScenarioCGC(keras.layers.Layer):
 
     Input: ``C`` ``[batch, num_scenarios, d]`` (row ``i`` is ``C_i``).
     Output: ``T`` ``[batch, num_scenarios, num_tasks, units[-1]]``.
+    ``scenario_outputs`` runs each scenario's CGC on its own group of examples.
     """
 
     def __init__(self, num_scenarios: int, num_tasks: int, num_shared_experts: int,
@@ -131,6 +134,8 @@ class ScenarioCGC(keras.layers.Layer):
         self.gate_bias = self.add_weight(
             name="gate_bias", shape=(self.num_scenarios, self.num_tasks, num_gate_experts),
             initializer="zeros")
+        build_sublayer(self.shared_experts, [None, input_shape[-1]])
+        build_sublayer(self.specific_experts, [None, input_shape[-1]])
         super().build(input_shape)
 
     def gate_weights(self, c):
@@ -138,15 +143,29 @@ class ScenarioCGC(keras.layers.Layer):
         return tf.nn.softmax(tf.einsum("bsd,stde->bste", c, self.gate_kernel) + self.gate_bias,
                              axis=-1)
 
-    def call(self, c, training=None):
+    def scenario_outputs(self, c, training=None):
+        """Each scenario's CGC on its own examples: ``c[i]`` ``[n_i, d]`` (``C_i`` of scenario
+        ``i``'s group) -> per scenario ``T_i`` ``[n_i, num_tasks, units[-1]]``."""
         s, t, h = self.num_scenarios, self.num_tasks, self.units[-1]
         ns, np_ = self.num_shared_experts, self.num_specific_experts
-        e_th = self.shared_experts(tf.repeat(c, ns, axis=1), training=training)
-        e_th = tf.reshape(e_th, [-1, s, 1, ns, h])
-        e_tp = self.specific_experts(tf.repeat(c, t * np_, axis=1), training=training)
-        e_tp = tf.reshape(e_tp, [-1, s, t, np_, h])
-        experts = tf.concat([tf.repeat(e_th, t, axis=2), e_tp], axis=3)  # [B, S, T, Ns+Np, H]
-        return tf.einsum("bste,bsteh->bsth", self.gate_weights(c), experts)  # eq. 6
+        if not self.built:
+            build_sublayer(self, [None, s, c[0].shape[-1]])
+        shared = split_blocks(self.shared_experts, s)
+        specific = split_blocks(self.specific_experts, s)
+        gate_kernels, gate_biases = tf.unstack(self.gate_kernel), tf.unstack(self.gate_bias)
+        outputs = []
+        for i in range(s):
+            e_th = run_blocks(self.shared_experts, shared[i], c[i], training)  # [n, Ns, H]
+            e_tp = tf.reshape(run_blocks(self.specific_experts, specific[i], c[i], training),
+                              [-1, t, np_, h])
+            delta = tf.nn.softmax(tf.einsum("nd,tde->nte", c[i], gate_kernels[i])
+                                  + gate_biases[i], axis=-1)  # eq. 7, [n, T, Ns + Np]
+            outputs.append(mix_experts(delta[..., :ns], e_th)  # eq. 6
+                           + mix_per_head(delta[..., ns:], e_tp))
+        return outputs
+
+    def call(self, c, training=None):
+        return tf.stack(self.scenario_outputs(tf.unstack(c, axis=1), training), axis=1)
 
     def scenario_parameters(self, scenario: int):
         """``(variable, index)`` pairs of scenario ``scenario``'s CGC."""
@@ -176,12 +195,17 @@ class HiNet(keras.layers.Layer):
     ``C_i = Concat[G, S_i, A_i]``. Task extraction: scenario ``i``'s CGC (eqs. 6-7), then
     the tower ``tau_i^j`` of each (scenario, task) (eq. 8, as a logit).
 
-    Every scenario's row is computed for every example (SAN needs all ``S_m`` anyway; the
-    rest as batched einsums), so the cost grows with ``num_scenarios``; the caller picks
-    the example's own row.
+    The scenario extraction layer runs every scenario's SEI for every example (SAN reads
+    every ``S_m``, as in the paper); with ``all_scenarios=False`` (the factory's model) the
+    task extraction layer and the towers run only the example's own scenario (every
+    scenario's for an unseen one; ``models.layers.routing``), by default every scenario's
+    for every example.
 
-    Inputs: the backbone inputs (see ``models.factory``); reads ``embedded``.
-    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``.
+    Inputs: the backbone inputs (see ``models.factory``); reads ``embedded`` and
+    ``scenario_id``.
+    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``; with
+    ``all_scenarios=False`` row ``i`` of an example of a known scenario other than ``i``
+    is 0.
 
     ``scenario_parameters(s)`` lists what is private to scenario ``s``'s path: its SAN query
     (``Emb(s_s)`` and ``W_a^s``), its CGC (experts and gates) and its towers. Its SEI
@@ -225,17 +249,21 @@ class HiNet(keras.layers.Layer):
             return f"san_dim must be >= 1, got {hparams['san_dim']}"
         return None
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, all_scenarios=True):
         x = flatten_fields(inputs["embedded"])
         s = self.num_scenarios
         g = self.scenario_shared_expert(x, training=training)  # [B, 1, H], eq. 1
         s_i = self.scenario_specific_experts(x, training=training)  # [B, S, H], eq. 3
         a_i = self.san(s_i)  # [B, S, H], eq. 4
         c_i = tf.concat([tf.repeat(g, s, axis=1), s_i, a_i], axis=-1)  # C_i, [B, S, 3H]
-        t_ij = self.task_extraction(c_i, training=training)  # [B, S, T, H'], eq. 6
-        heads = tf.reshape(t_ij, [-1, s * self.num_tasks, self.expert_units[-1]])
-        logits = self.towers(heads, training=training)  # eq. 8, [B, S*T, 1]
-        return tf.reshape(logits, [-1, s, self.num_tasks])
+        routing = ScenarioRouting(inputs["scenario_id"], s, all_scenarios)
+        t_ij = self.task_extraction.scenario_outputs(  # eq. 6, per scenario [n_i, T, H']
+            [routing.gather(i, c_i[:, i]) for i in range(s)], training=training)
+        build_sublayer(self.towers, [None, self.num_tasks, self.expert_units[-1]])
+        towers = split_blocks(self.towers, s)
+        logits = [run_blocks(self.towers, towers[i], t, training)[..., 0]  # eq. 8, [n_i, T]
+                  for i, t in enumerate(t_ij)]
+        return routing.scatter(logits)
 
     def scenario_parameters(self, scenario: int):
         """``(variable, index)`` pairs read only by examples of ``scenario`` (see class doc)."""

@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from models.layers.core import ParallelMLP, flatten_fields
+from models.layers.core import ParallelMLP, flatten_fields, mix_experts
+from models.layers.routing import (ScenarioRouting, build_sublayer, mix_per_head, run_blocks,
+                                   split_blocks)
 from models.layers.selection import head_input_mask, validate_head_field_mask
 
 
@@ -39,15 +41,9 @@ class ExtractionLayer(keras.layers.Layer):
     ``x_s``; its output feeds the next level's shared experts.
 
     Specific experts of head ``k`` read ``x_k``; shared experts read ``x_s``. All
-    experts of a kind run as one ``ParallelMLP``.
-
-    Inputs: a dict with
-        ``task``: ``[batch, d_in]`` (level 1: every head reads the same input) or
-            ``[batch, S * T, d_in]`` (head ``k = s * T + t`` reads slice ``k``);
-        ``shared``: ``[batch, d_in]`` (level 1) or ``[batch, S, d_in]`` (one shared
-            input per scenario).
-    Outputs: a dict with ``task`` ``[batch, S * T, expert_units[-1]]`` (the ``g^k``)
-    and, with ``shared_gate``, ``shared`` ``[batch, S, expert_units[-1]]``.
+    experts of a kind are one ``ParallelMLP``; scenario ``s`` runs its own blocks
+    (``scenario_call``, on per-scenario lists: its own group of examples in PLE,
+    ``models.layers.routing``). ``call`` runs every head on every example.
 
     Args:
         num_scenarios: number of scenarios ``S``.
@@ -83,43 +79,114 @@ class ExtractionLayer(keras.layers.Layer):
                                          output_activation="softmax", name="shared_gates")
                              if self.shared_gate else None)
 
-    def call(self, inputs, training=None):
-        x_task, x_shared = inputs["task"], inputs["shared"]
-        S, T = self.num_scenarios, self.num_tasks
-        m_t, m_s, h = self.num_specific_experts, self.num_shared_experts, self.expert_units[-1]
-
-        # Experts. Specific expert (k, i) reads head k's input.
-        if x_task.shape.rank == 3:
-            x_task_experts = tf.repeat(x_task, m_t, axis=1)  # [B, S*T*m_t, d]
-        else:
-            x_task_experts = x_task
-        e_task = self.specific_experts(x_task_experts, training=training)
-        e_task = tf.reshape(e_task, [-1, S, T, m_t, h])
-        if x_shared.shape.rank == 3:  # One shared input per scenario.
-            e_shared = self.shared_experts(tf.reshape(x_shared, [-1, x_shared.shape[-1]]),
-                                           training=training)
-            e_shared = tf.reshape(e_shared, [-1, S, m_s, h])
-        else:  # Every scenario reads the same input.
-            e_shared = self.shared_experts(x_shared, training=training)[:, None]
-            e_shared = tf.broadcast_to(e_shared, [tf.shape(e_shared)[0], S, m_s, h])
-
-        # Task gates, eqs. 2-4 (eq. 6 above level 1): own experts, then shared ones.
-        w = tf.reshape(self.task_gates(x_task), [-1, S, T, m_t + m_s])
-        g_task = (tf.einsum("bstm,bstmh->bsth", w[..., :m_t], e_task)
-                  + tf.einsum("bstm,bsmh->bsth", w[..., m_t:], e_shared))
-        outputs = {"task": tf.reshape(g_task, [-1, S * T, h])}
-
+    def build(self, input_shape):
+        """``input_shape``: a dict of the ``task`` and ``shared`` inputs' shapes."""
+        build_sublayer(self.specific_experts, [None, input_shape["task"][-1]])
+        build_sublayer(self.task_gates, [None, input_shape["task"][-1]])
+        build_sublayer(self.shared_experts, [None, input_shape["shared"][-1]])
         if self.shared_gate:
-            # Scenario s's shared gate: all of s's specific experts, then the shared ones.
-            v = self.shared_gates(x_shared)  # [B, S, T*m_t + m_s]
-            v_task = tf.reshape(v[..., :T * m_t], [-1, S, T, m_t])
-            outputs["shared"] = (tf.einsum("bstm,bstmh->bsh", v_task, e_task)
-                                 + tf.einsum("bsm,bsmh->bsh", v[..., T * m_t:], e_shared))
-        return outputs
+            build_sublayer(self.shared_gates, [None, input_shape["shared"][-1]])
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        """Every head for every example.
+
+        Inputs: a dict with
+            ``task``: ``[batch, d_in]`` (level 1: every head reads the same input) or
+                ``[batch, S * T, d_in]`` (head ``k = s * T + t`` reads slice ``k``);
+            ``shared``: ``[batch, d_in]`` (level 1) or ``[batch, S, d_in]`` (one shared
+                input per scenario).
+        Outputs: a dict with ``task`` ``[batch, S * T, expert_units[-1]]`` (the ``g^k``)
+        and, with ``shared_gate``, ``shared`` ``[batch, S, expert_units[-1]]``.
+        """
+        outputs = self.scenario_call(self._per_scenario(inputs), training=training,
+                                     shared_batch=self._shared_batch(inputs))
+        result = {"task": tf.concat(outputs["task"], axis=1)}
+        if self.shared_gate:
+            result["shared"] = tf.stack(outputs["shared"], axis=1)
+        return result
 
     def gate_weights(self, inputs):
-        """Diagnostics: the task gates' weights ``[batch, S * T, m_t + m_s]`` (own, then shared)."""
-        return self.task_gates(inputs["task"])
+        """Diagnostics: the task gates' weights ``[batch, S * T, m_t + m_s]`` (own, then
+        shared), for ``call``'s inputs."""
+        gates = self.scenario_call(self._per_scenario(inputs), with_gates=True,
+                                   shared_batch=self._shared_batch(inputs))["gates"]
+        return tf.concat(gates, axis=1)
+
+    @staticmethod
+    def _shared_batch(inputs):
+        """``scenario_call``'s ``shared_batch`` for ``call``'s inputs: one shared input for all."""
+        x_shared = inputs["shared"]
+        return (x_shared, lambda s, t: t) if x_shared.shape.rank == 2 else None
+
+    def _per_scenario(self, inputs):
+        """``call``'s inputs as ``scenario_call``'s per-scenario lists."""
+        S, T = self.num_scenarios, self.num_tasks
+        x_task, x_shared = inputs["task"], inputs["shared"]
+        return {"task": [x_task if x_task.shape.rank == 2 else x_task[:, s * T:(s + 1) * T]
+                         for s in range(S)],
+                "shared": [x_shared if x_shared.shape.rank == 2 else x_shared[:, s]
+                           for s in range(S)]}
+
+    def scenario_call(self, inputs, task_mask=None, training=None, with_gates=False,
+                      shared_batch=None):
+        """Every scenario's extraction on its own group of examples.
+
+        Inputs: a dict with ``task``, per scenario ``s`` ``[n_s, d]`` (level 1: every
+        head reads the same input) or ``[n_s, T, d]`` (head ``t`` reads slice ``t``), and
+        ``shared``, per scenario ``[n_s, d]`` (the scenario's shared input).
+        ``task_mask``: optional ``[S * T, d]``, head ``k = s * T + t`` reads ``x * mask[k]``
+        (level-1 feature selection; applied to its experts' and gate's kernel rows).
+        Output: a dict of per-scenario lists: ``task`` ``[n_s, T, expert_units[-1]]``
+        (the ``g^k`` of ``s``'s heads), with ``shared_gate`` ``shared``
+        ``[n_s, expert_units[-1]]``, with ``with_gates`` ``gates`` ``[n_s, T, m_t + m_s]``
+        and ``shared_gates`` ``[n_s, T * m_t + m_s]``.
+        ``shared_batch``: optional ``(x [batch, d], gather)`` when every scenario's shared
+        input is a row of one batch tensor (level 1): the shared experts then run once
+        on the whole batch, one large GEMM, and ``gather(s, outputs)`` picks scenario
+        ``s``'s rows (the same values as running them on each group).
+        """
+        S, T = self.num_scenarios, self.num_tasks
+        m_t, h = self.num_specific_experts, self.expert_units[-1]
+        build_sublayer(self, {"task": [None, inputs["task"][0].shape[-1]],
+                              "shared": [None, inputs["shared"][0].shape[-1]]})
+        specific = split_blocks(self.specific_experts, S)
+        gates = split_blocks(self.task_gates, S)
+        (shared,) = split_blocks(self.shared_experts, 1)
+        shared_gates = split_blocks(self.shared_gates, S) if self.shared_gate else None
+        outputs = {"task": [], "shared": [], "gates": [], "shared_gates": []}
+        if shared_batch is not None:
+            x_batch, gather = shared_batch
+            e_batch = run_blocks(self.shared_experts, shared, x_batch, training)  # [B, m_s, h]
+        for s in range(S):
+            x_task, x_shared = inputs["task"][s], inputs["shared"][s]
+            mask = None if task_mask is None else task_mask[s * T:(s + 1) * T]  # [T, d]
+            # Specific expert (t, i) of scenario s reads head t's input.
+            if x_task.shape.rank == 3:
+                e_task = run_blocks(self.specific_experts, specific[s],
+                                    tf.repeat(x_task, m_t, axis=1), training)
+            else:
+                e_task = run_blocks(self.specific_experts, specific[s], x_task, training,
+                                    input_mask=None if mask is None
+                                    else tf.repeat(mask, m_t, axis=0))
+            e_task = tf.reshape(e_task, [-1, T, m_t, h])
+            e_shared = (gather(s, e_batch) if shared_batch is not None  # [n, m_s, h]
+                        else run_blocks(self.shared_experts, shared, x_shared, training))
+
+            # Task gates, eqs. 2-4 (eq. 6 above level 1): own experts, then shared ones.
+            w = run_blocks(self.task_gates, gates[s], x_task, input_mask=mask)  # [n, T, m]
+            outputs["task"].append(mix_per_head(w[..., :m_t], e_task)
+                                   + mix_experts(w[..., m_t:], e_shared))
+            if with_gates:
+                outputs["gates"].append(w)
+            if self.shared_gate:
+                # Scenario s's shared gate: all of s's specific experts, then the shared ones.
+                v = run_blocks(self.shared_gates, shared_gates[s], x_shared)[:, 0]
+                experts = tf.concat([tf.reshape(e_task, [-1, T * m_t, h]), e_shared], axis=1)
+                outputs["shared"].append(mix_experts(v[:, None], experts)[:, 0])
+                if with_gates:
+                    outputs["shared_gates"].append(v)
+        return outputs
 
     def scenario_parameters(self, scenario: int):
         """``(variable, index)`` pairs read only by heads of ``scenario``."""
@@ -151,10 +218,16 @@ class PLE(keras.layers.Layer):
     tower on the last level's gate output, ``y^k = t^k(g^(k,N))`` (eq. 7).
 
     Inputs: the backbone inputs (see ``models.factory``); reads ``embedded``
-    ``[batch, num_fields, embedding_dim]``. Every head is computed; the caller
-    picks the example's own scenario, so other scenarios' experts, gates and
-    towers get exactly zero gradient.
-    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``.
+    ``[batch, num_fields, embedding_dim]`` and ``scenario_id``. With
+    ``all_scenarios=False`` (the factory's model) an example runs only its own
+    scenario's heads (its specific experts, gates, towers and shared gate; every
+    scenario's for an unseen scenario, ``models.layers.routing``), so the work per
+    example does not grow with the number of scenarios; the default computes every
+    head for every example. Either way the caller picks the example's own scenario,
+    so other scenarios' parameters get exactly zero gradient.
+    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``; with
+    ``all_scenarios=False`` row ``s`` of an example of a known scenario other than
+    ``s`` is 0.
 
     Args:
         num_scenarios: number of scenarios ``S``.
@@ -198,22 +271,35 @@ class PLE(keras.layers.Layer):
         self.towers = ParallelMLP(self.num_scenarios * self.num_tasks, self.tower_units + [1],
                                   output_activation=None, name="towers")
 
-    def _level_one_inputs(self, inputs):
-        """The first extraction layer's inputs; per-head ``[B, S*T, F*D]`` when masked."""
+    def _run(self, inputs, training=None, all_scenarios=True, with_gates=False):
+        """The extraction levels on each scenario's group, ``(routing, per-level outputs)``."""
         embedded = inputs["embedded"]
         x = flatten_fields(embedded)
-        shared = flatten_fields(inputs["embedded_shared"]) if "embedded_shared" in inputs else x
-        if self.head_field_mask is None:
-            return {"task": x, "shared": shared}
-        mask = head_input_mask(self.head_field_mask, embedded.shape[-1])  # [S*T, F*D]
-        return {"task": x[:, None, :] * tf.cast(mask, x.dtype)[None], "shared": shared}
+        routing = ScenarioRouting(inputs["scenario_id"], self.num_scenarios, all_scenarios)
+        task = [routing.gather(s, x) for s in range(self.num_scenarios)]
+        x_shared = (flatten_fields(inputs["embedded_shared"]) if "embedded_shared" in inputs
+                    else x)  # Level 1's shared input (its own scenario's fields per example).
+        shared = ([routing.gather(s, x_shared) for s in range(self.num_scenarios)]
+                  if "embedded_shared" in inputs else task)
+        mask = (None if self.head_field_mask is None  # [S*T, F*D]
+                else head_input_mask(self.head_field_mask, embedded.shape[-1]))
+        g = {"task": task, "shared": shared}
+        levels = []
+        for j, extraction in enumerate(self.extraction_layers):
+            g = extraction.scenario_call(
+                g, task_mask=mask if j == 0 else None, training=training, with_gates=with_gates,
+                shared_batch=(x_shared, routing.gather) if j == 0 else None)
+            levels.append(g)
+        return routing, levels
 
-    def call(self, inputs, training=None):
-        g = self._level_one_inputs(inputs)
-        for extraction in self.extraction_layers:
-            g = extraction(g, training=training)
-        logits = self.towers(g["task"], training=training)  # [B, S*T, 1]
-        return tf.reshape(logits, [-1, self.num_scenarios, self.num_tasks])
+    def call(self, inputs, training=None, all_scenarios=True):
+        """``[batch, S, T]`` logits; see ``models.layers.routing`` for which rows are computed."""
+        routing, levels = self._run(inputs, training, all_scenarios)
+        build_sublayer(self.towers, [None, self.num_tasks, self.expert_units[-1]])
+        towers = split_blocks(self.towers, self.num_scenarios)
+        logits = [run_blocks(self.towers, towers[s], g, training)[..., 0]  # [n_s, T], eq. 7
+                  for s, g in enumerate(levels[-1]["task"])]
+        return routing.scatter(logits)
 
     def scenario_parameters(self, scenario: int):
         """``(variable, index)`` pairs read only by examples of ``scenario``."""
@@ -239,13 +325,14 @@ class PLE(keras.layers.Layer):
         ``gate_weights/level_<j>_shared`` ``[batch, S, T * m_t + m_s]``: each scenario's
         shared gate.
         """
-        g = self._level_one_inputs(inputs)
+        routing, levels = self._run(inputs, training, all_scenarios=True, with_gates=True)
         result = {}
-        for j, extraction in enumerate(self.extraction_layers):
-            result[f"gate_weights/level_{j}"] = extraction.gate_weights(g)
+        for j, (extraction, g) in enumerate(zip(self.extraction_layers, levels)):
+            gates = routing.scatter(g["gates"])  # [B, S, T, m_t + m_s]
+            result[f"gate_weights/level_{j}"] = tf.reshape(
+                gates, [-1, self.num_scenarios * self.num_tasks, gates.shape[-1]])
             if extraction.shared_gate:
-                result[f"gate_weights/level_{j}_shared"] = extraction.shared_gates(g["shared"])
-            g = extraction(g, training=training)
+                result[f"gate_weights/level_{j}_shared"] = routing.scatter(g["shared_gates"])
         return result
 
 

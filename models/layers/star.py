@@ -1,11 +1,10 @@
 """STAR (Sheng et al., "One Model to Serve All: Star Topology Adaptive Recommender
 for Multi-Domain CTR Prediction", CIKM'21), with one output per task.
 
-Every scenario ("domain" in the paper) is computed for every example, as the
-backbone contract asks (``[batch, num_scenarios, num_tasks]``); the caller keeps
-each example's own scenario, so an example never produces a gradient on another
-scenario's parameters. Partitioned normalization's per-scenario moving statistics
-are updated from the scenario's own examples only.
+In the factory's model each example runs only its own scenario's ("domain" in the
+paper) path, grouped by scenario (``models.layers.routing``); an example never
+produces a gradient on another scenario's parameters. Partitioned normalization's
+per-scenario moving statistics are updated from the scenario's own examples only.
 """
 
 from typing import Sequence
@@ -14,6 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models.layers.core import flatten_fields
+from models.layers.routing import ScenarioRouting, build_sublayer
 
 
 def _scenario_one_hot(scenario_id, num_scenarios: int, dtype):
@@ -90,6 +90,14 @@ class PartitionedNormalization(keras.layers.Layer):
         return mean, squares / safe_count, count
 
     def call(self, z, scenario_id, training=None):
+        scale, offset = self.scale_and_offset(z, scenario_id, training)
+        return z[:, None, :] * scale + offset
+
+    def scale_and_offset(self, z, scenario_id, training=None):
+        """Every scenario's affine map ``[S, d]`` (``z'_p = z * scale_p + offset_p``); in
+        training from the batch's moments, updating the moving statistics."""
+        if not self.built:
+            build_sublayer(self, z.shape)
         training = bool(training) and self.trainable
         if training:
             one_hot = _scenario_one_hot(scenario_id, self.num_scenarios, z.dtype)
@@ -106,7 +114,7 @@ class PartitionedNormalization(keras.layers.Layer):
             mean, variance = self.moving_mean, self.moving_variance
         scale = (self.gamma * self.gamma_p) * tf.math.rsqrt(variance + self.epsilon)  # [S, d]
         offset = (self.beta + self.beta_p) - mean * scale  # [S, d]
-        return z[:, None, :] * scale + offset
+        return scale, offset
 
     def get_config(self):
         return {**super().get_config(), "num_scenarios": self.num_scenarios,
@@ -241,8 +249,12 @@ class STAR(keras.layers.Layer):
 
     Inputs: the backbone inputs (see ``models.factory``); reads ``embedded``
     ``[batch, num_fields, embedding_dim]`` and ``scenario_id`` ``[batch]`` (for
-    partitioned normalization's training statistics).
-    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``.
+    partitioned normalization's training statistics, and the routing).
+    Output: ``task_logits`` ``[batch, num_scenarios, num_tasks]``. With
+    ``all_scenarios=False`` (the factory's model) an example runs only its own
+    scenario's normalisation and FCN ``W*_p`` (every scenario's for an unseen one,
+    ``models.layers.routing``) and row ``p`` of an example of a known scenario other
+    than ``p`` is 0; by default every scenario is computed for every example.
 
     Args:
         num_scenarios: number of scenarios ``S``.
@@ -277,15 +289,28 @@ class STAR(keras.layers.Layer):
             self.num_scenarios, self.num_tasks, self.embedding_dim, self.aux_units,
             use_features=self.aux_features, name="auxiliary")
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, all_scenarios=True):
         x = flatten_fields(inputs["embedded"])
-        h = self.partitioned_norm(x, inputs["scenario_id"], training=training)  # [B, S, d]
-        for layer in self.star_layers[:-1]:
-            h = layer(h)
-            if self.dropout:
-                h = self._dropout(h, training=training)
-        main = self.star_layers[-1](h)  # [B, S, T]
-        return main + self.auxiliary(x)
+        scenario_id = inputs["scenario_id"]
+        scale, offset = self.partitioned_norm.scale_and_offset(x, scenario_id, training)
+        d = x.shape[-1]
+        weights = []  # Per layer, per scenario: W*_p [d_in, units], b*_p [units].
+        for layer in self.star_layers:
+            build_sublayer(layer, [None, d])
+            kernel, bias = layer.effective_weights()
+            weights.append((tf.unstack(kernel), tf.unstack(bias)))
+            d = layer.units
+        auxiliary = self.auxiliary(x)  # [B, S, T]
+        routing = ScenarioRouting(scenario_id, self.num_scenarios, all_scenarios)
+        logits = []
+        for p in range(self.num_scenarios):
+            h = routing.gather(p, x) * scale[p] + offset[p]  # PN as scenario p
+            for i, (layer, (kernels, biases)) in enumerate(zip(self.star_layers, weights)):
+                h = layer.activation(tf.matmul(h, kernels[p]) + biases[p])
+                if self.dropout and i < len(self.star_layers) - 1:
+                    h = self._dropout(h, training=training)
+            logits.append(h + routing.gather(p, auxiliary[:, p]))  # [n_p, T]
+        return routing.scatter(logits)
 
     def scenario_parameters(self, scenario: int):
         """``(variable, index)`` pairs read only by examples of ``scenario``."""
