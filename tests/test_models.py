@@ -197,6 +197,21 @@ def test_routed_backbones_take_all_scenarios():
 
 
 @pytest.mark.parametrize("architecture", ROUTED)
+def test_building_leaves_no_variable_in_graph_collections(architecture, fresh_collective_keys):
+    """Weights made while a functional model is traced must not leak into graph collections.
+
+    Every later graph in the process inherits them; TFT then refuses its preprocessing_fn
+    ("contained trainable variables"), which the full suite hit after these models.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    before = len(graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES))
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = _build(architecture, seed=3)
+    assert model.trainable_weights
+    assert len(graph.get_collection(tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES)) == before
+
+
+@pytest.mark.parametrize("architecture", ROUTED)
 @pytest.mark.parametrize("training", [False, True])
 def test_own_scenario_path_equals_every_scenario_path(architecture, training):
     """Own-scenario logits and gradients equal the every-scenario computation's."""

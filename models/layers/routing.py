@@ -62,10 +62,14 @@ class ScenarioRouting:
 def build_sublayer(layer: keras.layers.Layer, input_shape) -> None:
     """Builds a sub-layer that its parent runs by its weights, not by ``__call__``.
 
-    Variables get the same names as when the layer builds on its first call.
+    Variables get the same names as when the layer builds on its first call. Like Keras'
+    own first call, they are created under ``tf.init_scope``: called from ``call`` while a
+    functional model is traced, they would otherwise land in that graph's variable
+    collections, which every later graph in the process inherits (TFT then refuses its
+    ``preprocessing_fn``: "contained trainable variables").
     """
     if not layer.built:
-        with tf.name_scope(layer.name):
+        with tf.init_scope(), tf.name_scope(layer.name):
             layer.build(input_shape)
 
 
