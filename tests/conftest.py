@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -19,6 +20,32 @@ from pipeline import specs, synthetic  # noqa: E402
 
 SHARED_DATA = os.path.join(specs.REPO_DIR, "..", "shared", "data")
 E2E_ROWS = 6000
+
+
+def planted_field_batches(vocab, rows=3000, num_scenarios=2, batch=1000, seed=0,
+                          unknown_rows=0, effects=(-1.5, -0.5, 0.5, 1.5), silent_cell=None):
+    """A selector's ``BatchesFn`` over planted data: field 0 drives task 0, field 1 task 1.
+
+    Both in every scenario; the other fields of ``vocab`` are noise. Value ``i`` of
+    fields 0 and 1 (4 values each) adds ``effects[i]`` to its task's logit.
+    ``unknown_rows`` rows carry the unseen-scenario id ``num_scenarios``;
+    ``silent_cell = (s, t)`` sets that cell's labels to 0 (no signal to score).
+    """
+    rng = np.random.default_rng(seed)
+    ids = np.stack([rng.integers(0, v, rows) for v in vocab], 1)
+    scenario_id = rng.integers(0, num_scenarios, rows)
+    values = np.array(effects)
+    logits = np.stack([values[ids[:, 0]], values[ids[:, 1]]], 1) - 1.0
+    labels = (rng.random((rows, 2)) < 1 / (1 + np.exp(-logits))).astype(np.float32)
+    if silent_cell is not None:
+        labels[scenario_id == silent_cell[0], silent_cell[1]] = 0.0
+    scenario_id[:unknown_rows] = num_scenarios
+
+    def batches_fn():
+        for start in range(0, rows, batch):
+            stop = start + batch
+            yield ids[start:stop], scenario_id[start:stop], labels[start:stop]
+    return batches_fn
 
 
 def small_model_spec(epochs: int = 4) -> specs.ModelSpec:
@@ -61,7 +88,6 @@ def write_degraded_split(data_path: str, directory: str, seed: int = 0):
     in which the largest scenario's labels are shuffled (its rows' (click, conversion)
     pairs permuted, so conversion still implies click). Returns the paths and the scenario.
     """
-    import numpy as np
     import pandas as pd
     frame = pd.read_csv(data_path)
     is_eval = frame["row_id"] % 5 == 0

@@ -5,29 +5,15 @@ import pytest
 import tensorflow as tf
 
 from components.feature_selector import multisfs, saliency
+from conftest import planted_field_batches
 
 VOCAB = [4, 4, 6, 30, 3]
 
 
 def planted_batches(rows=3000, num_scenarios=2, batch=1000, seed=0, unknown_rows=0):
-    """Field 0 drives task 0, field 1 drives task 1 (both scenarios); fields 2-4 are noise.
-
-    ``unknown_rows`` extra rows carry the unseen-scenario id ``num_scenarios``.
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.stack([rng.integers(0, v, rows) for v in VOCAB], 1)
-    scenario_id = rng.integers(0, num_scenarios, rows)
-    effect = np.array([-2.0, -0.7, 0.7, 2.0])
-    logits = np.stack([effect[ids[:, 0]], effect[ids[:, 1]]], 1) - 1.0
-    labels = (rng.random((rows, 2)) < 1 / (1 + np.exp(-logits))).astype(np.float32)
-    scenario_id[:unknown_rows] = num_scenarios
-
-    def batches_fn():
-        for start in range(0, rows, batch):
-            stop = start + batch
-            yield (tf.constant(ids[start:stop]), tf.constant(scenario_id[start:stop]),
-                   tf.constant(labels[start:stop]))
-    return batches_fn
+    """Field 0 drives task 0, field 1 drives task 1 (both scenarios); fields 2-4 are noise."""
+    return planted_field_batches(VOCAB, rows, num_scenarios, batch, seed, unknown_rows,
+                                 effects=(-2.0, -0.7, 0.7, 2.0))
 
 
 FAST = {"num_inits": 2, "gnn_epochs": 3, "num_batches": 3}

@@ -6,30 +6,15 @@ from scipy import stats
 from sklearn.feature_selection import mutual_info_classif
 
 from components.feature_selector import baselines
+from conftest import planted_field_batches
 
 VOCAB = [4, 4, 6, 200, 3]
 
 
 def planted(rows=3000, num_scenarios=2, batch=1000, seed=0, unknown_rows=0, silent_cell=None):
-    """Field 0 drives task 0, field 1 drives task 1; field 3 is a 200-value noise field.
-
-    ``silent_cell = (s, t)`` sets that cell's labels to 0 (no signal to score).
-    """
-    rng = np.random.default_rng(seed)
-    ids = np.stack([rng.integers(0, v, rows) for v in VOCAB], 1)
-    scenario_id = rng.integers(0, num_scenarios, rows)
-    effect = np.array([-1.5, -0.5, 0.5, 1.5])
-    logits = np.stack([effect[ids[:, 0]], effect[ids[:, 1]]], 1) - 1.0
-    labels = (rng.random((rows, 2)) < 1 / (1 + np.exp(-logits))).astype(np.float32)
-    if silent_cell is not None:
-        labels[scenario_id == silent_cell[0], silent_cell[1]] = 0.0
-    scenario_id[:unknown_rows] = num_scenarios
-
-    def batches_fn():
-        for start in range(0, rows, batch):
-            yield ids[start:start + batch], scenario_id[start:start + batch], \
-                labels[start:start + batch]
-    return batches_fn
+    """Field 0 drives task 0, field 1 drives task 1; field 3 is a 200-value noise field."""
+    return planted_field_batches(VOCAB, rows, num_scenarios, batch, seed, unknown_rows,
+                                 silent_cell=silent_cell)
 
 
 @pytest.mark.parametrize("method", sorted(baselines.REGISTRY))
