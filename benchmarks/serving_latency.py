@@ -86,11 +86,13 @@ def select_fields(fn_args, method: str, out_dir: str, dataset: str = "synthetic"
 
 
 def export_model(run_dir: str, model: str, use_selection: bool, out_dir: str, epochs: int,
-                 dataset: str = "synthetic", selector: Optional[str] = None) -> str:
+                 dataset: str = "synthetic", selector: Optional[str] = None,
+                 reuse: bool = False) -> str:
     """Trains and exports ``model`` with the Trainer's own ``run_fn`` on the run's artifacts.
 
     Reuses one pipeline run's Transform output (and FeatureSelector output, with
     ``use_selection``) for any model, instead of a whole ``msmt run`` per model.
+    With ``reuse``, a model already exported to ``out_dir`` is not trained again.
     Returns the SavedModel directory.
     """
     from input_throughput import fn_args_of
@@ -108,6 +110,8 @@ def export_model(run_dir: str, model: str, use_selection: bool, out_dir: str, ep
                                  model_spec=model_spec.to_json())
     name = f"{model_spec.name}-{'selected' if use_selection else 'all-fields'}"
     fn_args.serving_model_dir = os.path.join(out_dir, name, "serving")
+    if reuse and os.path.exists(os.path.join(fn_args.serving_model_dir, "saved_model.pb")):
+        return fn_args.serving_model_dir
     fn_args.model_run_dir = os.path.join(out_dir, name, "logs")
     fn_args.hyperparameters = None
     module.run_fn(fn_args)
@@ -187,6 +191,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="with --export: make the selection anew with this FeatureSelector "
                              "method (e.g. saliency) instead of reading the run's")
     parser.add_argument("--export-dir", default="/tmp/msmt_serving_benchmark")
+    parser.add_argument("--reuse-exports", action="store_true",
+                        help="measure models already exported to --export-dir as they are")
+    parser.add_argument("--export-only", action="store_true",
+                        help="train and export, measure nothing (e.g. on a busy machine)")
     parser.add_argument("--export-epochs", type=int, default=1)
     parser.add_argument("--examples-from", default=None, metavar="RUN_DIR",
                         help="take the requests from this run (for SavedModel directories given "
@@ -208,7 +216,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                 modes = {"both": (True, False), "on": (True,), "off": (False,)}
                 for use_selection in modes[args.export_selection]:
                     exported = export_model(run_dir, model, use_selection, args.export_dir,
-                                            args.export_epochs, selector=args.export_selector)
+                                            args.export_epochs, selector=args.export_selector,
+                                            reuse=args.reuse_exports)
                     targets.append((f"{model} (run_fn on {os.path.basename(run_dir)})", exported,
                                     run_dir, "on" if use_selection else "off"))
             continue
@@ -220,6 +229,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             continue
         targets.append((os.path.basename(run_dir), find_serving_model(run_dir), run_dir,
                         selection_of(run_dir)))
+    if args.export_only:
+        print("\n".join(f"exported {label} (selection {selection}): {model_dir}"
+                        for label, model_dir, _, selection in targets))
+        return
     rows = []
     for label, model_dir, run_dir, selection in targets:
         examples = raw_examples(run_dir, max(args.batch_size * 4, args.requests))

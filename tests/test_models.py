@@ -332,3 +332,28 @@ def test_mix_experts_is_each_gates_weighted_sum():
     experts = tf.constant(rng.normal(size=(5, 3, 4)), tf.float32)
     expected = np.einsum("bge,beh->bgh", gates.numpy(), experts.numpy())
     np.testing.assert_allclose(mix_experts(gates, experts).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_rows", [0, 1 << 17])
+def test_field_embedding_gradient_and_adam_step_do_not_depend_on_its_form(max_rows, monkeypatch):
+    """The dense gradient (small tables) equals the summed IndexedSlices (large tables),
+    repeated ids included, and Adam takes the same step from either."""
+    from models.layers import core
+    monkeypatch.setattr(core, "DENSE_GRADIENT_MAX_ROWS", max_rows)
+    layer = core.FieldEmbedding([4, 3], 2, field_mask=[1.0, 0.0])
+    field_ids = tf.constant([[0, 2], [3, 1], [0, 2], [9, 0]])  # Repeats; 9 is clipped to 3.
+    layer(field_ids)
+    layer.embeddings.assign(tf.reshape(tf.range(14, dtype=tf.float32), [7, 2]) / 10)
+    upstream = tf.constant(np.random.default_rng(0).normal(size=(4, 2, 2)), tf.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(field_ids) * upstream)
+    gradient = tape.gradient(loss, layer.embeddings)
+    assert isinstance(gradient, tf.IndexedSlices) == (max_rows == 0)
+    expected = np.zeros((7, 2), np.float32)
+    for b, row in enumerate([0, 3, 0, 3]):  # Field 0's rows; field 1 is masked out.
+        expected[row] += upstream[b, 0].numpy()
+    np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(), expected, atol=1e-6)
+    before = layer.embeddings.numpy()
+    keras.optimizers.Adam(0.1).apply_gradients([(gradient, layer.embeddings)])
+    moved = np.abs(layer.embeddings.numpy() - before).sum(axis=1) > 1e-3
+    np.testing.assert_array_equal(moved, [True, False, False, True, False, False, False])

@@ -85,3 +85,34 @@ def test_labels_pass_through_as_floats(transformed):
     assert [r["click"] for r in rows] == [1.0, 0.0, 1.0, 0.0, 1.0]
     assert [r["conversion"] for r in rows] == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert isinstance(rows[0]["click"], (float, np.floating))
+
+
+def test_bucketize_columns_equals_tft_elementwise_bucketize(tmp_path):
+    """One batched searchsorted gives tft.bucketize(elementwise=True)'s ids, ties included."""
+    from models.preprocessing import bucketize_columns
+    rng = np.random.default_rng(0)
+    # Column 0 continuous, column 1 heavy ties (values equal to boundaries), column 2 skewed.
+    x = np.stack([rng.normal(size=400), rng.integers(0, 5, 400).astype(float),
+                  rng.exponential(size=400)], axis=1).astype(np.float32)
+    raw = [{"x": row} for row in x]
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(
+        {"x": tf.io.FixedLenFeature([3], tf.float32)}))
+
+    def preprocessing_fn(inputs):
+        return {"ours": bucketize_columns(inputs["x"], 4),
+                "tft": tft.bucketize(inputs["x"], 4, elementwise=True)}
+
+    with tft_beam.Context(temp_dir=str(tmp_path)):
+        (rows, _), _ = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            preprocessing_fn, output_record_batches=False)
+    ours = np.array([r["ours"] for r in rows])
+    theirs = np.array([r["tft"] for r in rows])
+    np.testing.assert_array_equal(ours, theirs)
+    assert ours.shape == (400, 3) and set(np.unique(ours[:, 0])) == {0, 1, 2, 3}
+
+
+def test_bucket_ids_have_their_domain_in_the_transformed_schema(transformed):
+    _, output = transformed
+    schema = output.transformed_metadata.schema
+    price = next(f for f in schema.feature if f.name == "price")
+    assert (price.int_domain.min, price.int_domain.max) == (0, 2)  # 2 buckets + missing.

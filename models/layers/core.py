@@ -5,6 +5,25 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+# Up to this many table rows, the embedding gradient is a dense ``[rows, dim]`` tensor.
+DENSE_GRADIENT_MAX_ROWS = 1 << 17
+
+
+@tf.custom_gradient
+def gather_with_dense_gradient(table, indices):
+    """``tf.gather(table, indices)`` whose gradient for ``table`` is dense, not IndexedSlices.
+
+    Adam's sparse path de-duplicates the indices (``unique`` + segment sum) and then
+    scatters into its slots, yet it decays and updates the whole table every step
+    anyway; for a table smaller than a batch's lookups, one segment sum into a dense
+    gradient does the same update for less work.
+    """
+    def grad(upstream):
+        rows = tf.shape(table, out_type=tf.int64)[0]
+        flat = tf.reshape(upstream, tf.stack([-1, tf.shape(upstream)[-1]]))
+        return tf.math.unsorted_segment_sum(flat, tf.reshape(indices, [-1]), rows), None
+    return tf.gather(table, indices), grad
+
 
 @keras.utils.register_keras_serializable(package="msmt")
 class FieldEmbedding(keras.layers.Layer):
@@ -13,7 +32,9 @@ class FieldEmbedding(keras.layers.Layer):
     Inputs: ``field_ids`` int ``[batch, num_fields]``, each column in its own
     vocabulary ``[0, vocab_sizes[f])``.
     Output: ``[batch, num_fields, embedding_dim]``. Fields whose ``field_mask`` is 0
-    contribute zeros (and receive no gradient).
+    contribute zeros (and receive no gradient). A table of at most
+    ``DENSE_GRADIENT_MAX_ROWS`` rows gets a dense gradient (``gather_with_dense_gradient``);
+    a larger one keeps the sparse ``IndexedSlices`` gradient.
     """
 
     def __init__(self, vocab_sizes: Sequence[int], embedding_dim: int,
@@ -44,7 +65,11 @@ class FieldEmbedding(keras.layers.Layer):
         # Ids outside a field's vocabulary would read a neighbour's rows: clip them.
         upper = tf.constant(self.vocab_sizes, tf.int64) - 1
         field_ids = tf.clip_by_value(field_ids, 0, upper)
-        embedded = tf.gather(self.embeddings, field_ids + self._offsets)
+        table_ids = field_ids + self._offsets
+        if sum(self.vocab_sizes) <= DENSE_GRADIENT_MAX_ROWS:
+            embedded = gather_with_dense_gradient(self.embeddings, table_ids)
+        else:
+            embedded = tf.gather(self.embeddings, table_ids)
         if self.field_mask is not None:
             embedded *= tf.constant(self.field_mask, embedded.dtype)[:, None]
         return embedded
