@@ -146,13 +146,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         import tf_keras as keras
         _, _, _, eval_ds = training.training_inputs(fn_args, spec, model_spec)
         for policy in args.policies:
-            keras.mixed_precision.set_global_policy(policy)
             keras.utils.set_random_seed(model_spec.training_dict["seed"])
-            candidate = factory.build_model(model_spec, info)
+            candidate = factory.build_model(model_spec.with_training(precision=policy), info)
             training.compile_model(candidate, spec, model_spec.training_dict["learning_rate"])
             seconds = fit_seconds(candidate, train_ds, args.quality_steps)
             scores = candidate.evaluate(eval_ds, return_dict=True, verbose=0)
-            keras.mixed_precision.set_global_policy("float32")
             quality.append({"policy": policy, "examples_per_s":
                             args.quality_steps * batch_size / seconds,
                             **{k: float(v) for k, v in scores.items()}})

@@ -38,7 +38,10 @@ from pipeline import configs, local_runner, report, specs  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(BENCH_DIR, "RESULTS.md")
-WORK_DIR = os.path.join(specs.REPO_DIR, "msmt_runs", "benchmarks")
+# Where the data components run (cached across invocations); MSMT_BENCHMARK_DIR moves it
+# (e.g. to keep two benchmarks from sharing one pipeline root).
+WORK_DIR = os.environ.get("MSMT_BENCHMARK_DIR",
+                          os.path.join(specs.REPO_DIR, "msmt_runs", "benchmarks"))
 
 
 def transformed_data(dataset: str, rows: int):
@@ -149,6 +152,9 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--rows", type=int, default=50_000, help="synthetic rows")
+    parser.add_argument("--precisions", nargs="+", default=None, choices=specs.PRECISIONS,
+                        help="train each model under each of these dtype policies "
+                             "(default: the model spec's training.precision)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     model_names = args.models or sorted(f[:-5] for f in os.listdir(specs.MODEL_SPEC_DIR)
@@ -159,11 +165,14 @@ def main(argv=None):
         names = data.scenario_names(tft.TFTransformOutput(run.uri("Transform.transform_graph")))
         oracle = oracle_on_eval(spec, run, names)
         rows, summary = [], []
-        for name in model_names:
+        for name, precision in [(n, p) for n in model_names for p in args.precisions or [None]]:
             model_spec = specs.load_model_spec(name)
             if model_spec.architecture not in factory.ARCHITECTURES:
                 print(f"skipping {name}: architecture {model_spec.architecture} not registered")
                 continue
+            if precision:
+                model_spec = model_spec.with_training(precision=precision)
+                name = f"{name} ({precision})"
             per_seed, seconds = [], []
             for seed in args.seeds:
                 metrics, took, params = train_and_score(spec, run, model_spec, seed, args.epochs)

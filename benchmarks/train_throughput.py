@@ -205,7 +205,8 @@ def gemm_roofline(n: int = 4096, repeats: int = 5) -> float:
 
 def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: Dict,
                learning_rate: float = 1e-3, jit_compile: bool = False,
-               steps_per_execution: int = 1, every_scenario: bool = False):
+               steps_per_execution: int = 1, every_scenario: bool = False,
+               precision: str = "float32"):
     import tf_keras as keras
     from models import factory
     from pipeline.specs import ModelSpec
@@ -220,7 +221,7 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                      architecture=architecture, embedding_dim=EMBEDDING_DIM,
                      hparams=tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                           for k, v in hparams.items())),
-                     training=())
+                     training=(("precision", precision),))
     model = factory.build_model(spec, info, own_scenario=not every_scenario)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss={t: keras.losses.BinaryCrossentropy() for t in TASKS},
@@ -278,19 +279,15 @@ class OursRunner:
         self.architecture, self.num_scenarios, self.policy = architecture, num_scenarios, policy
         self.batch_size, self.options = batch_size, compile_options
         self.spe = compile_options.get("steps_per_execution", 1)
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-            with scope:
-                self.model, names = build_ours(architecture, num_scenarios, batch_size,
-                                               MODELS[architecture], every_scenario=every_scenario,
-                                               **compile_options)
-            self.flops = forward_flops(self.model, batch_size, num_scenarios)
-            self.dataset = in_memory_dataset(data, names, batch_size)
-            self.model.fit(self.dataset, epochs=1, steps_per_epoch=max(warmup, 1) * self.spe,
-                           verbose=0)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+        with scope:
+            self.model, names = build_ours(architecture, num_scenarios, batch_size,
+                                           MODELS[architecture], every_scenario=every_scenario,
+                                           precision=policy, **compile_options)
+        self.flops = forward_flops(self.model, batch_size, num_scenarios)
+        self.dataset = in_memory_dataset(data, names, batch_size)
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=max(warmup, 1) * self.spe,
+                       verbose=0)
         self.side = "ours, every scenario" if every_scenario else "ours"
         self.label = f"{self.side} {architecture} S={num_scenarios} {policy}"
 

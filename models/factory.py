@@ -240,8 +240,18 @@ def build_model(spec: ModelSpec, data: DataInfo, own_scenario: bool = True) -> k
     scenario hierarchy, ``scenario_level_<i>_id``. Outputs: ``{task: [batch, 1]}``,
     each task's probability for the example's own scenario. ``own_scenario=False``
     runs every scenario's path for every example also in backbones that can route
-    (same outputs, more work; for benchmarks).
+    (same outputs, more work; for benchmarks). The layers compute in the spec's
+    ``training.precision`` (a Keras dtype policy; float32 by default).
     """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(spec.training_dict.get("precision", "float32"))
+    try:
+        return _build_model(spec, data, own_scenario)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(spec: ModelSpec, data: DataInfo, own_scenario: bool) -> keras.Model:
     inputs = {name: keras.Input(shape=(), dtype=tf.int64, name=name)
               for name in model_input_names(data)}
     field_ids = tf.stack([inputs[name] for name in data.field_names], axis=1)

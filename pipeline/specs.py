@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import yaml
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,36 +149,95 @@ class LabelRule:
         return sorted({n.id for n in ast.walk(self._tree()) if isinstance(n, ast.Name)})
 
     def compile(self):
-        """Returns ``f(row: Mapping[str, str]) -> int`` (0 or 1)."""
+        """Returns ``f(row: Mapping[str, str]) -> int`` (0 or 1); raises ValueError."""
+        evaluate = self.compile_columns()
+        columns = self.columns
+
+        def rule(row):
+            labels, errors = evaluate({c: [row[c]] for c in columns if c in row}, 1)
+            if errors[0] is not None:
+                raise ValueError(errors[0])
+            return int(labels[0])
+        return rule
+
+    def compile_columns(self):
+        """Returns ``f(columns: Mapping[str, Sequence[str]], n) -> (labels, errors)``.
+
+        The rule over ``n`` rows at once: ``labels`` is an int64 array of 0/1, ``errors``
+        an object array with the message of each row the rule cannot evaluate (else None).
+        ``and``/``or`` short-circuit per row as Python does, so a comparison that fails only
+        matters where it decides the row.
+        """
         tree = self._tree()
 
         def build(node):
             if isinstance(node, ast.BoolOp):
-                parts = [build(v) for v in node.values]
-                if isinstance(node.op, ast.And):
-                    return lambda row: all(p(row) for p in parts)
-                return lambda row: any(p(row) for p in parts)
+                parts, is_and = [build(v) for v in node.values], isinstance(node.op, ast.And)
+
+                def evaluate(cache, n):
+                    value, error = np.full(n, is_and), np.full(n, None, dtype=object)
+                    for part in parts:
+                        undecided = (value == is_and) & np.equal(error, None)
+                        if not undecided.any():
+                            break
+                        v, e = part(cache, n)
+                        value, error = np.where(undecided, v, value), np.where(undecided, e, error)
+                    return value, error
+                return evaluate
             if isinstance(node, ast.UnaryOp):
                 inner = build(node.operand)
-                return lambda row: not inner(row)
+
+                def negation(cache, n):
+                    v, e = inner(cache, n)
+                    return ~v, e
+                return negation
             column, op = node.left.id, _RULE_OPS[type(node.ops[0])]
             literal = self._literal(node.comparators[0])
-            if op in ("in", "not in"):
-                choices = {str(v) for v in (literal if isinstance(literal, list) else [literal])}
-                negate = op == "not in"
-                return lambda row: (row[column].strip() in choices) != negate
-            if op in ("==", "!="):
-                target, negate = str(literal), op == "!="
-                if isinstance(literal, (int, float)):
-                    number = float(literal)
-                    return lambda row: (_as_float(row[column]) == number) != negate
-                return lambda row: (row[column].strip() == target) != negate
+            if op in ("in", "not in") or (op in ("==", "!=") and isinstance(literal, str)):
+                choices = [str(v) for v in (literal if isinstance(literal, list) else [literal])]
+                negate = op in ("not in", "!=")
+                return lambda cache, n: (np.isin(cache.stripped(column), choices) != negate,
+                                         np.full(n, None, dtype=object))
             number = float(literal)
-            compare = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}[op]
-            return lambda row: compare(_as_float(row[column]), number)
+            compare = {"==": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal,
+                       ">": np.greater, ">=": np.greater_equal}[op]
+
+            def comparison(cache, n):
+                values, errors = cache.floats(column)
+                return compare(values, number), errors
+            return comparison
 
         predicate = build(tree)
-        return lambda row: int(bool(predicate(row)))
+
+        def evaluate(columns, n):
+            value, error = predicate(_RuleColumns(columns), n)
+            return value.astype(np.int64), error
+        return evaluate
+
+
+class _RuleColumns:
+    """A label rule's raw columns, stripped or parsed as numbers once per evaluation."""
+
+    def __init__(self, columns: Mapping[str, Sequence[str]]):
+        self._columns, self._stripped, self._floats = columns, {}, {}
+
+    def stripped(self, column: str) -> np.ndarray:
+        if column not in self._stripped:
+            self._stripped[column] = np.array([v.strip() for v in self._columns[column]],
+                                              dtype=object)
+        return self._stripped[column]
+
+    def floats(self, column: str) -> Tuple[np.ndarray, np.ndarray]:
+        if column not in self._floats:
+            raw = self._columns[column]
+            values, errors = np.empty(len(raw)), np.full(len(raw), None, dtype=object)
+            for i, v in enumerate(raw):
+                try:
+                    values[i] = _as_float(v)
+                except ValueError as e:
+                    values[i], errors[i] = np.nan, str(e)
+            self._floats[column] = values, errors
+        return self._floats[column]
 
 
 def _as_float(value: str) -> float:
@@ -507,9 +567,13 @@ _TRAINING_DEFAULTS = {
     "seed": 0,
     "scenario_loss_weights": "none",  # "inverse_share": weight each example by 1 / its scenario's share.
     "strategy": "mirrored",  # "multi_worker": MultiWorkerMirroredStrategy from TF_CONFIG.
+    # A Keras dtype policy: "mixed_bfloat16" computes in bfloat16 (variables and the
+    # probabilities stay float32); "mixed_float16" for GPUs (loss scaling by Keras).
+    "precision": "float32",
 }
 SCENARIO_LOSS_WEIGHTS = ("none", "inverse_share")
 TRAINING_STRATEGIES = ("mirrored", "multi_worker")  # models/distribute.py
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # models/factory.py
 TUNABLE_TRAINING_KEYS = ("learning_rate", "batch_size")
 _SEARCH_SPACE_KEYS = ("min", "max", "step", "sampling", "values")
 SEARCH_SAMPLINGS = ("linear", "log")
@@ -576,7 +640,7 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     values = dict(_TRAINING_DEFAULTS)
     for key, default in _TRAINING_DEFAULTS.items():
         kinds = {"learning_rate": (float, int), "scenario_loss_weights": (str,),
-                 "strategy": (str,)}.get(key, (int,))
+                 "strategy": (str,), "precision": (str,)}.get(key, (int,))
         values[key] = training.get(key, kinds, default)
         if key == "scenario_loss_weights":
             if values[key] not in SCENARIO_LOSS_WEIGHTS:
@@ -585,6 +649,10 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
             if values[key] not in TRAINING_STRATEGIES:
                 raise training.error(key, f"must be one of {TRAINING_STRATEGIES}, got "
                                           f"{values[key]!r}{_suggest(values[key], TRAINING_STRATEGIES)}")
+        elif key == "precision":
+            if values[key] not in PRECISIONS:
+                raise training.error(key, f"must be one of {PRECISIONS}, got "
+                                          f"{values[key]!r}{_suggest(values[key], PRECISIONS)}")
         elif values[key] is not None and values[key] <= 0 and key != "seed":
             raise training.error(key, f"must be > 0, got {values[key]}")
     return ModelSpec(

@@ -1,26 +1,29 @@
-"""Unit tests for the spec-driven ExampleGen (components/example_gen/executor.py).
+"""Unit tests for the spec-driven ExampleGen (components/example_gen/executor.py, columnar.py).
 
-No TFX or multi-process Beam pipeline runs here: the DoFn is driven directly, and one
-test runs it under Beam's in-memory DirectRunner.
+No TFX or multi-process Beam pipeline runs here: the DoFn is driven directly, and two
+tests run Beam's in-memory DirectRunner.
 """
 
 import dataclasses
 import gzip
-import itertools
 import json
 import math
 import os
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 import yaml
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
+from components.example_gen import columnar
 from components.example_gen import executor as ex
 from pipeline import synthetic
 from pipeline.specs import REPO_DIR, InputFile, load_dataset_spec
@@ -37,7 +40,9 @@ def shared_file(*parts):
 
 
 def features(example):
-    """A tf.Example as {name: (kind, [values])}."""
+    """A tf.Example (or its serialization) as {name: (kind, [values])}."""
+    if isinstance(example, bytes):
+        example = tf.train.Example.FromString(example)
     result = {}
     for name, feature in example.features.feature.items():
         kind = feature.WhichOneof("kind")
@@ -66,6 +71,26 @@ def run_dofn(spec, path, constants=()):
     fn = ex._ConvertFile(spec.to_json())
     fn.setup()
     return split_outputs(fn.process((path, tuple(constants))))
+
+
+def convert_rows(spec, *rows):
+    """Converts rows (column -> raw string) column-wise: (examples, {row index: reason})."""
+    columns = {c: pa.array([row[c] for row in rows], pa.string()) for c in spec.raw_columns}
+    converted = columnar.ExampleConverter(spec).convert(columns, np.arange(len(rows)))
+    return converted.examples, dict(converted.bad)
+
+
+def convert_row(spec, row):
+    """One good row's tf.Example (fails the test if the row is bad)."""
+    (example,), bad = convert_rows(spec, row)
+    assert bad == {}
+    return example
+
+
+def row_error(spec, row):
+    examples, bad = convert_rows(spec, row)
+    assert examples == []
+    return bad[0]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -110,12 +135,11 @@ def row_values(header, **changes):
     return [row[c] for c in header]
 
 
-# --------------------------------------------------------------------------- RowConverter
+# --------------------------------------------------------------------------- ExampleConverter
 
 
 def test_converts_good_synthetic_row(synthetic_spec):
-    example = ex.RowConverter(synthetic_spec).convert(good_row(num_03=" 2.25 ", cat_04=" 7 "))
-    got = features(example)
+    got = features(convert_row(synthetic_spec, good_row(num_03=" 2.25 ", cat_04=" 7 ")))
     expected_names = ({"channel", "domain", "click", "conversion", "row_id"}
                       | {f"cat_{i:02d}" for i in range(12)} | {f"num_{i:02d}" for i in range(8)})
     assert set(got) == expected_names  # Ignored columns (p_click, p_conversion) are dropped.
@@ -132,56 +156,85 @@ def test_converts_good_synthetic_row(synthetic_spec):
 
 @pytest.mark.parametrize("missing", ["", "NA", "nan", "null", "None", "  "])
 def test_na_values_become_nan(synthetic_spec, missing):
-    example = ex.RowConverter(synthetic_spec).convert(good_row(num_05=missing))
-    kind, values = features(example)["num_05"]
+    kind, values = features(convert_row(synthetic_spec, good_row(num_05=missing)))["num_05"]
     assert kind == "float_list" and len(values) == 1 and math.isnan(values[0])
 
 
 def test_na_values_follow_the_spec(synthetic_spec):
     spec = dataclasses.replace(synthetic_spec, na_values=("?",))
-    converter = ex.RowConverter(spec)
-    assert math.isnan(value(converter.convert(good_row(num_01="?")), "num_01"))
-    with pytest.raises(ValueError, match="num_01"):
-        converter.convert(good_row(num_01="NA"))
+    assert math.isnan(value(convert_row(spec, good_row(num_01="?")), "num_01"))
+    assert "num_01" in row_error(spec, good_row(num_01="NA"))
+
+
+def test_numbers_read_as_python_float_reads_them(synthetic_spec):
+    rows = [good_row(num_00=v) for v in ("+1", "1_000", "1e3", ".5", "-inf", "nan", "\u0661")]
+    examples, bad = convert_rows(synthetic_spec, *rows)
+    assert bad == {}
+    got = [value(e, "num_00") for e in examples]
+    assert got[:5] == [1.0, 1000.0, 1000.0, 0.5, -math.inf]
+    assert math.isnan(got[5]) and got[6] == 1.0  # Arabic-Indic one, as float() reads it.
+    # Arrow alone would read "nan(1)" as NaN; float() does not.
+    assert row_error(synthetic_spec, good_row(num_00="nan(1)")) == (
+        "numerical field 'num_00': 'nan(1)' is not a number")
+
+
+def test_float_values_round_like_float32(synthetic_spec):
+    examples, _ = convert_rows(synthetic_spec, good_row(num_02="0.1"), good_row(num_02="123456789.123"))
+    assert [value(e, "num_02") for e in examples] == [
+        float(np.float32(0.1)), float(np.float32(123456789.123))]
 
 
 def test_label_may_be_written_as_float(synthetic_spec):
-    example = ex.RowConverter(synthetic_spec).convert(good_row(click="1.0", conversion="1.0"))
+    example = convert_row(synthetic_spec, good_row(click="1.0", conversion=" 1e0 "))
     assert value(example, "click") == 1 and value(example, "conversion") == 1
 
 
 def test_text_split_key_is_bytes(synthetic_spec):
-    example = ex.RowConverter(synthetic_spec).convert(good_row(row_id="abc-1"))
-    assert features(example)["row_id"] == ("bytes_list", [b"abc-1"])
-    example = ex.RowConverter(synthetic_spec).convert(good_row(row_id="-5"))
-    assert features(example)["row_id"] == ("int64_list", [-5])
+    examples, bad = convert_rows(synthetic_spec, good_row(row_id="abc-1"), good_row(row_id="-5"),
+                                 good_row(row_id=" 12345678901234567890 "), good_row(row_id="7"))
+    assert bad == {2: "split key '12345678901234567890' is outside the int64 range"}
+    assert sorted(features(e)["row_id"] for e in examples) == [
+        ("bytes_list", [b"abc-1"]), ("int64_list", [-5]), ("int64_list", [7])]
 
 
-@pytest.mark.parametrize("changes, pattern", [
-    ({"num_02": "abc"}, r"numerical field 'num_02': 'abc' is not a number"),
-    ({"num_07": "1,5"}, r"numerical field 'num_07'"),
-    ({"click": "2"}, r"label column 'click' must be 0 or 1, got '2'"),
-    ({"click": "yes"}, r"label column 'click' must be 0 or 1, got 'yes'"),
-    ({"conversion": ""}, r"label column 'conversion' must be 0 or 1, got ''"),
+@pytest.mark.parametrize("changes, message", [
+    ({"num_02": "abc"}, "numerical field 'num_02': 'abc' is not a number"),
+    ({"num_07": "1,5"}, "numerical field 'num_07': '1,5' is not a number"),
+    ({"click": "2"}, "label column 'click' must be 0 or 1, got '2'"),
+    ({"click": "yes"}, "label column 'click' must be 0 or 1, got 'yes'"),
+    ({"conversion": ""}, "label column 'conversion' must be 0 or 1, got ''"),
     ({"click": "0", "conversion": "1"},
-     r"task 'conversion' is 1 but it depends on 'click', which is 0"),
-    ({"domain": ""}, r"scenario column 'domain' is empty"),
-    ({"channel": "  "}, r"scenario column 'channel' is empty"),
+     "task 'conversion' is 1 but it depends on 'click', which is 0"),
+    ({"domain": ""}, "scenario column 'domain' is empty"),
+    ({"channel": "  "}, "scenario column 'channel' is empty"),
+    # The first problem in column order is the one reported.
+    ({"channel": "", "num_00": "x", "click": "5"}, "scenario column 'channel' is empty"),
+    ({"num_04": "x", "click": "5"}, "numerical field 'num_04': 'x' is not a number"),
 ])
-def test_bad_values_raise_naming_the_column(synthetic_spec, changes, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        ex.RowConverter(synthetic_spec).convert(good_row(**changes))
+def test_bad_values_are_named_with_the_column(synthetic_spec, changes, message):
+    assert row_error(synthetic_spec, good_row(**changes)) == message
 
 
-def test_synthetic_file_reads_and_converts(synthetic_spec, synthetic_file, synthetic_header):
-    rows = list(ex.read_rows(synthetic_spec, synthetic_file, {}))
-    assert len(rows) == SYNTHETIC_ROWS
-    assert [line for line, _, _ in rows] == list(range(2, SYNTHETIC_ROWS + 2))  # Header is line 1.
-    assert all(error == "" for _, _, error in rows)
-    assert list(rows[0][1]) == synthetic_header
-    converter = ex.RowConverter(synthetic_spec)
-    for _, row, _ in rows:
-        example = converter.convert(row)
+def test_bad_rows_among_good_ones_keep_their_lines(synthetic_spec):
+    rows = [good_row(row_id=str(i)) for i in range(6)]
+    rows[1]["num_06"], rows[4]["click"] = "oops", "7"
+    columns = {c: pa.array([r[c] for r in rows], pa.string()) for c in synthetic_spec.raw_columns}
+    converted = columnar.ExampleConverter(synthetic_spec).convert(columns, np.arange(10, 16))
+    assert converted.bad == [(11, "numerical field 'num_06': 'oops' is not a number"),
+                             (14, "label column 'click' must be 0 or 1, got '7'")]
+    assert [value(e, "row_id") for e in converted.examples] == [0, 2, 3, 5]
+
+
+def test_synthetic_file_converts_every_row(synthetic_spec, synthetic_file, synthetic_header):
+    examples, bad, summaries = run_dofn(synthetic_spec, synthetic_file)
+    assert bad == [] and len(examples) == SYNTHETIC_ROWS
+    assert summaries == [{"file": synthetic_file, "good_rows": SYNTHETIC_ROWS, "bad_rows": 0}]
+    with gzip.open(synthetic_file, "rt") as f:
+        header, *lines = f.read().splitlines()
+    assert header.split(",") == synthetic_header
+    raw = {int(r["row_id"]): r for r in (dict(zip(synthetic_header, line.split(","))) for line in lines)}
+    for example in examples:
+        row = raw[value(example, "row_id")]
         assert value(example, "click") == int(row["click"])
         assert value(example, "conversion") == int(row["conversion"])
         assert value(example, "domain") == row["domain"].encode()
@@ -191,22 +244,23 @@ def test_synthetic_file_reads_and_converts(synthetic_spec, synthetic_file, synth
 # --------------------------------------------------------------------------- census (real data)
 
 
-def test_census_label_rules_match_raw_columns():
+def test_census_label_rules_match_raw_columns(tmp_path):
     census = load_dataset_spec("census")
-    path = shared_file("census-income", "census-income.test.gz")
+    with gzip.open(shared_file("census-income", "census-income.test.gz"), "rt") as f:
+        lines = [next(f) for _ in range(200)]
+    path = str(tmp_path / "census-200.gz")
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines)
     spec = census.with_files([path])
-    converter = ex.RowConverter(spec)
-    rows = list(itertools.islice(ex.read_rows(spec, path, {}), 200))
-    assert [line for line, _, _ in rows] == list(range(1, 201))  # No header line.
+    examples, bad, summaries = run_dofn(spec, path)
+    assert bad == [] and len(examples) == 200  # No header line: every line is a row.
+    raw = [dict(zip(spec.columns, line.rstrip("\n").split(","))) for line in lines]
     incomes = married = 0
-    for line, row, error in rows:
-        assert error == "", (line, error)
-        assert set(spec.required_columns) <= set(row)
-        example = converter.convert(row)
+    for example, row in zip(examples, raw):  # One file, one block: rows keep their order.
         income = int(row["income_50k"].strip() == "50000+.")
         never = int(row["marital_stat"].strip() == "Never married")
-        assert value(example, "income_50k") == income, (line, row["income_50k"])
-        assert value(example, "never_married") == never, (line, row["marital_stat"])
+        assert value(example, "income_50k") == income, row["income_50k"]
+        assert value(example, "never_married") == never, row["marital_stat"]
         assert value(example, "race") == row["race"].strip().encode()
         assert value(example, "age") == float(row["age"])
         assert "instance_weight" not in features(example)
@@ -214,11 +268,11 @@ def test_census_label_rules_match_raw_columns():
         married += never
     # Both labels take both values in these rows, so the comparison above means something.
     assert 0 < incomes < 200 and 0 < married < 200
-    assert rows[0][1]["education"].strip() == "1st 2nd 3rd or 4th grade"
-    assert rows[0][1]["income_50k"].strip() == "- 50000."
+    assert raw[0]["education"].strip() == "1st 2nd 3rd or 4th grade"
+    assert raw[0]["income_50k"].strip() == "- 50000."
 
 
-# --------------------------------------------------------------------------- read_rows
+# --------------------------------------------------------------------------- reading CSV
 
 
 def test_malformed_row_reports_file_line(synthetic_spec, synthetic_header, tmp_path):
@@ -229,23 +283,21 @@ def test_malformed_row_reports_file_line(synthetic_spec, synthetic_header, tmp_p
         ",".join(row_values(synthetic_header, row_id="3")[:5]),
         row_values(synthetic_header, row_id="4"),
     ])
-    rows = list(ex.read_rows(synthetic_spec, path, {}))
-    assert [(line, bool(error)) for line, _, error in rows] == [
-        (2, False), (4, True), (5, True), (6, False)]
-    _, row, error = rows[1]
-    assert row == {}
-    assert error.startswith(f"expected {len(synthetic_header)} fields, got {len(synthetic_header) + 1}:")
-    assert "extra" in error
-    assert rows[2][2].startswith(f"expected {len(synthetic_header)} fields, got 5:")
-    assert rows[3][1]["row_id"] == "4"
+    examples, bad, summaries = run_dofn(synthetic_spec, path)
+    assert [value(e, "row_id") for e in examples] == [1, 4]
+    assert [b.split(": ", 1)[0] for b in bad] == [f"{path}:4", f"{path}:5"]
+    assert bad[0].startswith(f"{path}:4: expected {len(synthetic_header)} fields, "
+                             f"got {len(synthetic_header) + 1}:")
+    assert "extra" in bad[0]
+    assert bad[1].startswith(f"{path}:5: expected {len(synthetic_header)} fields, got 5:")
+    assert summaries == [{"file": path, "good_rows": 2, "bad_rows": 2}]
 
 
 def test_constants_are_added_to_rows(synthetic_spec, synthetic_header, tmp_path):
     header = [c for c in synthetic_header if c != "channel"]
     path = write_csv(tmp_path / "data.csv", header, [row_values(header)])
-    (_, row, error), = ex.read_rows(synthetic_spec, path, {"channel": "web"})
-    assert error == "" and row["channel"] == "web"
-    assert value(ex.RowConverter(synthetic_spec).convert(row), "channel") == b"web"
+    (example,), bad, _ = run_dofn(synthetic_spec, path, (("channel", "web"),))
+    assert bad == [] and value(example, "channel") == b"web"
 
 
 def test_gzip_and_quoted_csv(synthetic_spec, synthetic_header, tmp_path):
@@ -254,14 +306,125 @@ def test_gzip_and_quoted_csv(synthetic_spec, synthetic_header, tmp_path):
     values[synthetic_header.index("cat_00")] = '"a, b"'
     with gzip.open(path, "wt") as f:
         f.write(",".join(synthetic_header) + "\n" + ",".join(values) + "\n")
-    (line, row, error), = ex.read_rows(synthetic_spec, path, {})
-    assert (line, error) == (2, "") and row["cat_00"] == "a, b"
+    (example,), bad, _ = run_dofn(synthetic_spec, path)
+    assert bad == [] and value(example, "cat_00") == b"a, b"
 
 
 def test_empty_file_yields_nothing(synthetic_spec, tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("")
-    assert list(ex.read_rows(synthetic_spec, str(path), {})) == []
+    assert run_dofn(synthetic_spec, str(path)) == (
+        [], [], [{"file": str(path), "good_rows": 0, "bad_rows": 0}])
+
+
+def test_every_edge_case_of_a_csv_file(tmp_path):
+    """One file with each case the reader and converter decide, checked row by row."""
+    spec_path = tmp_path / "edge.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "edge", "inputs": {"files": str(tmp_path / "edge.csv"), "separator": ";",
+                                   "na_values": ["", "?"]},
+        "scenario": {"column": "scen"},
+        "tasks": [{"name": "click", "label": "click"},
+                  {"name": "buy", "label_rule": 'status == "bought" or amount > 10',
+                   "depends_on": "click"}],
+        "categorical_fields": ["cat"], "numerical_fields": ["x"],
+        "ignored_columns": ["note"], "split": {"key": "id"}}))
+    spec = load_dataset_spec(str(spec_path))
+    lines = [
+        b" id ;scen; cat;x;click;status;amount;note",  # 1: header (names stripped)
+        b"1;s0;a;1.5;1;bought;0;",  # 2: good, rule by status
+        b"",  # 3: blank, skipped
+        b"2; s1 ; b ; 2e1 ;0;no;3;n",  # 4: good, values stripped
+        b"3;s0;c;?;1;no;11;x",  # 5: good, x NaN (spec's na_values), rule by amount
+        b"4;s0;d;NA;1;no;0;x",  # 6: 'NA' is not an na_value here
+        b"5;s0;e;1;0;bought;0;x",  # 7: buy without click
+        b"6;;f;1;1;no;0;x",  # 8: empty scenario
+        b"7;s0;g;1;1;no;lots;x",  # 9: the rule needs a number
+        b"8;s0;h;1;1;bought;lots;x",  # 10: good: 'or' never reads amount
+        b"9;s0;\xff\xfe;1;1;no;0;x",  # 11: not UTF-8
+        b"10;s0;i;1;1;no;0",  # 12: too few fields
+        b'11;s0;"multi',  # 13: a quoted value over two lines ...
+        b'line";1;1;no;0;x',  # 14: ... is one row, reported at its last line
+        b"   ",  # 15: spaces only: blank
+        b'12;s0; "j;k";1;1;no;0;x',  # 16: quote after a space is quoting (skipinitialspace)
+        b"abc;s0;l;1;2;no;0;x",  # 17: label not 0/1; split key text
+        b"-13;s0;m;1;1.0;no;0;x\r",  # 18: CRLF; label 1.0; negative key
+        b'15;s0;15" tv;1;1;no;0;x',  # 19: a quote inside a value is a character
+        b"16;s0;o;1;1;no;0;x",  # 20: good
+        b"17;\xff;x",  # 21: too few fields, and not UTF-8: the field count is reported
+        b"14;s0;n;1;3;no;0;x",  # 22: label not 0/1; no newline at the end
+    ]
+    path = tmp_path / "edge.csv"
+    path.write_bytes(b"\n".join(lines))
+    examples, bad, summaries = run_dofn(spec, str(path))
+    assert bad == [
+        f"{path}:6: numerical field 'x': 'NA' is not a number",
+        f"{path}:7: task 'buy' is 1 but it depends on 'click', which is 0",
+        f"{path}:8: scenario column 'scen' is empty",
+        f"{path}:9: label rule needs a number, got 'lots'",
+        f"{path}:11: not valid UTF-8",
+        f"{path}:12: expected 8 fields, got 7: '10;s0;i;1;1;no;0'",
+        f"{path}:17: label column 'click' must be 0 or 1, got '2'",
+        f"{path}:21: expected 8 fields, got 3: '17;\ufffd;x'",
+        f"{path}:22: label column 'click' must be 0 or 1, got '3'",
+    ]
+    assert summaries == [{"file": str(path), "good_rows": 9, "bad_rows": 9}]
+    got = {value(e, "id"): features(e) for e in examples}
+    assert sorted(got) == [-13, 1, 2, 3, 8, 11, 12, 15, 16]
+    assert got[1] == {"id": ("int64_list", [1]), "scen": ("bytes_list", [b"s0"]),
+                      "cat": ("bytes_list", [b"a"]), "x": ("float_list", [1.5]),
+                      "click": ("int64_list", [1]), "buy": ("int64_list", [1])}
+    assert got[2]["scen"] == ("bytes_list", [b"s1"]) and got[2]["cat"] == ("bytes_list", [b"b"])
+    assert got[2]["x"] == ("float_list", [20.0]) and got[2]["buy"] == ("int64_list", [0])
+    assert math.isnan(got[3]["x"][1][0]) and got[3]["buy"] == ("int64_list", [1])
+    assert got[8]["buy"] == ("int64_list", [1])
+    assert got[11]["cat"] == ("bytes_list", [b"multi\nline"])
+    assert got[12]["cat"] == ("bytes_list", [b"j;k"])
+    assert got[-13]["click"] == ("int64_list", [1]) and got[-13]["buy"] == ("int64_list", [0])
+    assert got[15]["cat"] == ("bytes_list", [b'15" tv'])
+
+
+def test_every_edge_case_with_a_text_split_key(tmp_path):
+    spec_path = tmp_path / "text.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "name": "text", "inputs": {"files": str(tmp_path / "t.csv"), "header": False,
+                                   "columns": ["id", "scen", "c", "click"]},
+        "scenario": {"column": "scen"}, "tasks": [{"name": "click", "label": "click"}],
+        "categorical_fields": ["c"], "split": {"key": "id"}}))
+    spec = load_dataset_spec(str(spec_path))
+    path = tmp_path / "t.csv"
+    path.write_text("u-1,s0,a,1\n\n7,s1,b,0\nu-2,s0,c,x\n")
+    examples, bad, _ = run_dofn(spec, str(path))
+    assert bad == [f"{path}:4: label column 'click' must be 0 or 1, got 'x'"]  # No header line.
+    assert sorted(features(e)["id"] for e in examples) == [
+        ("bytes_list", [b"u-1"]), ("int64_list", [7])]
+
+
+def test_many_blocks_keep_their_line_numbers(synthetic_spec, synthetic_header, tmp_path,
+                                             monkeypatch):
+    monkeypatch.setattr(columnar, "BLOCK_BYTES", 1 << 10)  # About 8 rows a block.
+    rows, expected_bad, line = [], [], 1  # The header is line 1.
+    for i in range(60):
+        two_lines = i % 5 == 2
+        rows.append(row_values(synthetic_header, row_id=str(i), num_01="bad" if i % 7 == 3 else "1",
+                               cat_00='"x\ny, ""z"""' if two_lines else "x"))
+        line += 1 + two_lines  # A row is reported at its last line.
+        if i % 7 == 3:
+            expected_bad.append(f"{line}: numerical field 'num_01': 'bad' is not a number")
+        if i % 11 == 5:
+            rows.append(",".join(rows[-1][:3]))  # Wrong field count.
+            line += 1
+            expected_bad.append(f"{line}: expected {len(synthetic_header)} fields, got 3: "
+                                f"'{rows[-1]}'")
+        if i % 13 == 0:
+            rows.append("")
+            line += 1
+    path = write_csv(tmp_path / "blocks.csv", synthetic_header, rows)
+    examples, bad, summaries = run_dofn(synthetic_spec, path)
+    assert bad == [f"{path}:{message}" for message in expected_bad]
+    assert sorted(value(e, "row_id") for e in examples) == [i for i in range(60) if i % 7 != 3]
+    assert {value(e, "cat_00") for e in examples} == {b"x", b'x\ny, "z"'}
+    assert summaries == [{"file": path, "good_rows": len(examples), "bad_rows": len(expected_bad)}]
 
 
 # --------------------------------------------------------------------------- TFRecord input
@@ -303,33 +466,37 @@ def test_tfrecord_input(tmp_path, file_name, compression):
         _tf_example(row_id=2, domain=b"s1", cat_a=b"y", num_a=[], click=0, amount=3.0),
         _tf_example(row_id=3, domain=b"s0", cat_a=[b"x", b"z"], num_a=0.25, click=1, amount=1.0),
         _tf_example(row_id=4, cat_a=b"w", num_a=-2.0, click=1, amount=50.0),
+        _tf_example(row_id=5, domain=b"s1", cat_a=b"v", num_a=0.1, click=0, amount=11.0),
     ]
     with tf.io.TFRecordWriter(path, compression) as writer:
         for record in records:
             writer.write(record.SerializeToString())
     spec = _tfrecord_spec(tmp_path, path)
     assert spec.input_format == "tfrecord"
-    rows = list(ex.read_rows(spec, path, {"domain": "const"}))
-    assert [line for line, _, _ in rows] == [1, 2, 3, 4]
-    assert rows[0][2] == "" and rows[0][1] == {
-        "row_id": "1", "domain": "s0", "cat_a": "x", "num_a": "1.5", "click": "1", "amount": "12.0"}
-    assert rows[1][1]["num_a"] == ""  # An empty feature reads as missing.
-    assert rows[2][1] == {} and rows[2][2] == "feature 'cat_a' has 2 values, expected one"
-    assert rows[3][1]["domain"] == "const"  # A constant fills in a column the record lacks.
-
-    converter = ex.RowConverter(spec)
-    first = features(converter.convert(rows[0][1]))
-    assert first == {"domain": ("bytes_list", [b"s0"]), "cat_a": ("bytes_list", [b"x"]),
-                     "num_a": ("float_list", [1.5]), "click": ("int64_list", [1]),
-                     "buy": ("int64_list", [1]), "row_id": ("int64_list", [1])}
-    second = converter.convert(rows[1][1])
-    assert math.isnan(value(second, "num_a")) and value(second, "buy") == 0
-    assert value(converter.convert(rows[3][1]), "num_a") == -2.0
-
     examples, bad, summaries = run_dofn(spec, path, (("domain", "const"),))
-    assert len(examples) == 3
-    assert bad == [f"{path}:3: feature 'cat_a' has 2 values, expected one"]
-    assert summaries == [{"file": path, "good_rows": 3, "bad_rows": 1}]
+    assert bad == [f"{path}:3: feature 'cat_a' has 2 values, expected one",
+                   f"{path}:5: task 'buy' is 1 but it depends on 'click', which is 0"]
+    assert summaries == [{"file": path, "good_rows": 3, "bad_rows": 2}]
+    got = {value(e, "row_id"): features(e) for e in examples}
+    assert got[1] == {"domain": ("bytes_list", [b"s0"]), "cat_a": ("bytes_list", [b"x"]),
+                      "num_a": ("float_list", [1.5]), "click": ("int64_list", [1]),
+                      "buy": ("int64_list", [1]), "row_id": ("int64_list", [1])}
+    assert math.isnan(got[2]["num_a"][1][0])  # An empty feature reads as missing.
+    assert got[2]["buy"] == ("int64_list", [0])
+    assert got[4]["domain"] == ("bytes_list", [b"const"])  # A constant fills in a missing column.
+    assert got[4]["num_a"] == ("float_list", [-2.0]) and got[4]["buy"] == ("int64_list", [1])
+
+
+def test_tfrecord_missing_column_reported_once(tmp_path):
+    path = str(tmp_path / "data.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for i in range(3):
+            writer.write(_tf_example(row_id=i, domain=b"s0", num_a=1.0, click=1, amount=1.0)
+                         .SerializeToString())
+    examples, bad, summaries = run_dofn(_tfrecord_spec(tmp_path, path), path)
+    assert examples == []
+    assert bad == [f"{path}: missing column(s) ['cat_a']; every row of this file is unusable"]
+    assert summaries == [{"file": path, "good_rows": 0, "bad_rows": 3}]
 
 
 # --------------------------------------------------------------------------- _ConvertFile
@@ -349,8 +516,8 @@ def _mixed_csv(tmp_path, header):
 def test_convert_file_quarantines_bad_rows(synthetic_spec, synthetic_header, tmp_path):
     path = _mixed_csv(tmp_path, synthetic_header)
     examples, bad, summaries = run_dofn(synthetic_spec, path)
+    assert all(isinstance(e, bytes) for e in examples)  # Serialized tf.Examples.
     assert [value(e, "row_id") for e in examples] == [1, 6]
-    assert all(isinstance(e, tf.train.Example) for e in examples)
     assert math.isnan(value(examples[1], "num_00"))
     assert [b.split(": ", 1)[0] for b in bad] == [f"{path}:3", f"{path}:4", f"{path}:5", f"{path}:6"]
     assert "numerical field 'num_06': 'oops' is not a number" in bad[0]
@@ -366,7 +533,7 @@ def test_convert_file_under_direct_runner(synthetic_spec, synthetic_header, tmp_
         results = (p | beam.Create([(path, ())])
                    | beam.ParDo(ex._ConvertFile(synthetic_spec.to_json())).with_outputs(
                        "bad", "summary", main="examples"))
-        ids = results.examples | "Ids" >> beam.Map(lambda e: e.features.feature["row_id"].int64_list.value[0])
+        ids = results.examples | "Ids" >> beam.Map(lambda e: value(e, "row_id"))
         assert_that(ids, equal_to([1, 6]), label="examples")
         lines = results.bad | "Lines" >> beam.Map(lambda s: s.split(": ", 1)[0])
         assert_that(lines, equal_to([f"{path}:{n}" for n in (3, 4, 5, 6)]), label="bad")
@@ -376,12 +543,14 @@ def test_convert_file_under_direct_runner(synthetic_spec, synthetic_header, tmp_
 
 def test_missing_column_reported_once(synthetic_spec, synthetic_header, tmp_path):
     header = [c for c in synthetic_header if c != "num_03"]
-    path = write_csv(tmp_path / "short.csv", header,
-                     [row_values(header, row_id=str(i)) for i in range(5)])
+    rows = [row_values(header, row_id=str(i)) for i in range(5)]
+    rows.insert(2, ",".join(rows[0][:3]))  # A row with too few fields is still named.
+    path = write_csv(tmp_path / "short.csv", header, rows)
     examples, bad, summaries = run_dofn(synthetic_spec, path)
     assert examples == []
-    assert bad == [f"{path}: missing column(s) ['num_03']; every row of this file is unusable"]
-    assert summaries == [{"file": path, "good_rows": 0, "bad_rows": 5}]
+    assert bad == [f"{path}: missing column(s) ['num_03']; every row of this file is unusable",
+                   f"{path}:4: expected {len(header)} fields, got 3: '0,ch1,s3'"]
+    assert summaries == [{"file": path, "good_rows": 0, "bad_rows": 6}]
 
 
 def test_constant_supplies_required_column(synthetic_spec, synthetic_header, tmp_path):
@@ -394,6 +563,48 @@ def test_constant_supplies_required_column(synthetic_spec, synthetic_header, tmp
     assert value(examples[0], "channel") == b"app"
 
 
+# --------------------------------------------------------------------------- hash split
+
+
+def _partition_config(key="row_id"):
+    return example_gen_pb2.SplitConfig(partition_feature_name=key, splits=[
+        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=80),
+        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=20)])
+
+
+def test_keyed_examples_split_as_tfx_splits_parsed_ones(synthetic_spec, synthetic_header, tmp_path):
+    rows = [row_values(synthetic_header, row_id=str(i) if i % 3 else f"u{i}") for i in range(300)]
+    path = write_csv(tmp_path / "keys.csv", synthetic_header, rows)
+    fn = ex._ConvertFile(synthetic_spec.to_json(), keyed=True)
+    fn.setup()
+    keyed, _, _ = split_outputs(fn.process((path, ())))
+    assert len(keyed) == 300
+    ours = [ex._partition_by_key(k, 2, [80, 100]) for k in keyed]
+    tfx = [base_example_gen_executor._PartitionFn(tf.train.Example.FromString(e), 2, [80, 100],
+                                                  _partition_config()) for _, e in keyed]
+    assert ours == tfx
+    assert 30 <= ours.count(1) <= 90  # About 20% eval.
+
+
+def test_hash_split_on_the_split_key_under_direct_runner(synthetic_spec, synthetic_file, tmp_path):
+    props = dict(ex.make_example_gen(synthetic_spec).exec_properties)
+    props[ex._SPLIT_BY_PATTERN_KEY] = {"data.csv.gz": "all"}
+    props[ex._QUARANTINE_KEY] = str(tmp_path / "quarantine")
+    examples, _, _ = run_dofn(synthetic_spec, synthetic_file)
+    expected = {"train": [], "eval": []}
+    for e in examples:
+        split = base_example_gen_executor._PartitionFn(
+            tf.train.Example.FromString(e), 2, [80, 100], _partition_config())
+        expected[("train", "eval")[split]].append(value(e, "row_id"))
+    assert expected["train"] and expected["eval"]
+    with TestPipeline() as p:
+        splits = ex.Executor().GenerateExamplesByBeam(p, props)
+        assert sorted(splits) == ["eval", "train"]
+        for name, split in splits.items():
+            ids = split | f"Ids[{name}]" >> beam.Map(lambda e: value(e, "row_id"))
+            assert_that(ids, equal_to(expected[name]), label=f"check[{name}]")
+
+
 # --------------------------------------------------------------------------- AliExpress sample
 
 
@@ -403,16 +614,17 @@ def test_aliexpress_sample_converts():
     base = load_dataset_spec("aliexpress")
     spec = dataclasses.replace(base, files=(InputFile(train, "train", (("country", "sample"),)),
                                             InputFile(test, "eval", (("country", "sample"),))))
-    converter = ex.RowConverter(spec)
     counts = {}
     for f in spec.files:
-        rows = list(ex.read_rows(spec, f.path, dict(f.constants)))
-        counts[f.split] = len(rows)
+        with open(f.path) as text:
+            header, *lines = text.read().splitlines()
+        raw = [dict(zip(header.split(","), line.split(","))) for line in lines]
+        examples, bad, summaries = run_dofn(spec, f.path, f.constants)
+        assert bad == [] and len(examples) == len(raw)
+        assert summaries == [{"file": f.path, "good_rows": len(raw), "bad_rows": 0}]
+        counts[f.split] = len(examples)
         clicks = 0
-        for line, row, error in rows:
-            assert error == "", (f.path, line, error)
-            assert set(spec.required_columns) <= set(row)
-            example = converter.convert(row)
+        for example, row in zip(examples, raw):  # One block: rows keep their order.
             got = features(example)
             assert got["country"] == ("bytes_list", [b"sample"])
             assert got["click"] == ("int64_list", [int(row["click"])])
@@ -421,10 +633,7 @@ def test_aliexpress_sample_converts():
             assert "search_id" not in got
             assert len(got) == 1 + 2 + 16 + 63
             clicks += got["click"][1][0]
-        assert 0 < clicks < len(rows)
-        examples, bad, summaries = run_dofn(spec, f.path, f.constants)
-        assert bad == [] and len(examples) == len(rows)
-        assert summaries == [{"file": f.path, "good_rows": len(rows), "bad_rows": 0}]
+        assert 0 < clicks < len(raw)
     assert counts == {"train": 100, "eval": 20}
 
 

@@ -357,3 +357,26 @@ def test_field_embedding_gradient_and_adam_step_do_not_depend_on_its_form(max_ro
     keras.optimizers.Adam(0.1).apply_gradients([(gradient, layer.embeddings)])
     moved = np.abs(layer.embeddings.numpy() - before).sum(axis=1) > 1e-3
     np.testing.assert_array_equal(moved, [True, False, False, True, False, False, False])
+
+
+def test_mixed_bfloat16_precision_computes_in_bfloat16_and_keeps_float32_outputs():
+    """``training.precision`` sets the layers' dtype policy for this model only; variables
+    and probabilities stay float32, training runs, and the SavedModel serves the same."""
+    previous = keras.mixed_precision.global_policy().name
+    model = _build("mmoe", training=(("precision", "mixed_bfloat16"),))
+    assert keras.mixed_precision.global_policy().name == previous  # Restored after building.
+    embedding = model.get_layer("field_embedding")
+    assert embedding.compute_dtype == "bfloat16" and embedding.embeddings.dtype == tf.float32
+    x, y = _batch()
+    outputs = model(x)
+    assert all(v.dtype == tf.float32 for v in outputs.values())
+    before = model.evaluate(x, y, verbose=0)[0]
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    assert np.isfinite(before) and model.evaluate(x, y, verbose=0)[0] < before
+    with tempfile.TemporaryDirectory() as directory:
+        model.save(directory, save_format="tf")
+        loaded = keras.models.load_model(directory)
+    assert loaded.get_layer("field_embedding").compute_dtype == "bfloat16"
+    for task, expected in model(x).items():  # bfloat16 keeps 8 bits: ops fused differently
+        np.testing.assert_allclose(loaded(x)[task].numpy(), expected.numpy(), atol=2e-3)
+    assert _build("mmoe").get_layer("field_embedding").compute_dtype == "float32"

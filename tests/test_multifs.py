@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 from components.feature_selector import multifs
-from components.feature_selector.multifs import (HierarchicalValueGate, resolve_params, search,
-                                                 straight_through_step, temperature_schedule)
+from components.feature_selector.multifs import (HierarchicalValueGate, choose_epoch,
+                                                 resolve_params, search, straight_through_step,
+                                                 temperature_schedule)
 
 
 def sigmoid(x):
@@ -146,6 +147,11 @@ def test_temperature_schedule_reaches_the_final_temperature():
     ({"min_value_coverage": 1.5}, "min_value_coverage"),
     ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
     ({"seed": "0"}, "seed"),
+    ({"heldout_fraction": 1.0}, "heldout_fraction"),
+    ({"heldout_fraction": -0.1}, "heldout_fraction"),
+    ({"heldout_fraction": "10%"}, "heldout_fraction"),
+    ({"heldout_tolerance": -1}, "heldout_tolerance"),
+    ({"heldout_tolerance": None}, "heldout_tolerance"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
     with pytest.raises(ValueError, match=key):
@@ -259,3 +265,87 @@ def test_bad_batches_raise_clear_errors():
                {"search_epochs": 1})
     with pytest.raises(ValueError, match="no rows of a known scenario"):
         search(batches_of(field_ids, np.full(100, 2), labels), VOCAB, 2, 2, {"search_epochs": 1})
+
+
+def test_choose_epoch_takes_the_sparsest_epoch_within_one_standard_error_of_the_best():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 1.5, size=2000)  # per-example losses of the best epoch
+    noise = rng.normal(0.0, 0.1, size=(5, 2000))
+    noise -= noise.mean(1, keepdims=True)  # so each epoch's mean shift is exactly `shift`
+    # Epoch 0: untrained; 1: best; 2 and 4: a hair worse (inside one paired standard
+    # error, about 0.0022 here); 3: clearly worse (a relevant field pruned).
+    shift = np.array([0.3, 0.0, 0.001, 0.2, 0.0005])
+    losses = base + shift[:, None] + noise
+    losses[1] = base
+    kept = [[20, 9], [16, 9], [12, 9], [8, 9], [12, 9]]  # kept_fields[epoch][scenario]
+    d = losses[2] - losses[1]
+    assert 0 < d.mean() < d.std(ddof=1) / math.sqrt(2000)  # the construction holds
+    # Scenario 0: epochs 2 and 4 tie on 12 fields; the lower loss (4) wins; 3 is sparser
+    # but outside the tolerance.
+    assert choose_epoch(losses, kept, 0, tolerance=1.0) == 4
+    assert choose_epoch(losses, kept, 0, tolerance=0.0) == 1  # the best epoch itself
+    assert choose_epoch(losses, kept, 0, tolerance=1e6) == 3  # everything is "within"
+    # Scenario 1 keeps 9 fields at every epoch: among the ties the lowest loss wins.
+    assert choose_epoch(losses, kept, 1, tolerance=1e6) == 1
+    # Same loss and fields: the later epoch.
+    assert choose_epoch(np.stack([base, base]), [[5], [5]], 0, tolerance=1.0) == 1
+
+
+def test_row_holdout_holds_out_the_same_rows_in_any_order():
+    rng = np.random.default_rng(1)
+    field_ids = rng.integers(0, 50, size=(20000, 3))
+    scenario_id = rng.integers(0, 2, size=20000)
+    holdout = multifs._RowHoldout(0.2, num_fields=3, seed=0)
+    held = holdout.held_out(field_ids, scenario_id)
+    assert held.mean() == pytest.approx(0.2, abs=0.02)
+    order = rng.permutation(20000)
+    np.testing.assert_array_equal(holdout.held_out(field_ids[order], scenario_id[order]),
+                                  held[order])
+    # The decision is a function of the row: duplicated rows fall on the same side.
+    twice = np.concatenate([field_ids[:100], field_ids[:100]])
+    decided = holdout.held_out(twice, np.concatenate([scenario_id[:100]] * 2))
+    np.testing.assert_array_equal(decided[:100], decided[100:])
+    other_seed = multifs._RowHoldout(0.2, num_fields=3, seed=1).held_out(field_ids, scenario_id)
+    assert 0.1 < np.mean(other_seed != held) < 0.5
+    assert not multifs._RowHoldout(0.0, 3, 0).held_out(field_ids, scenario_id).any()
+
+
+HELDOUT_PARAMS = {**PLANTED_PARAMS, "heldout_fraction": 0.2}
+
+
+def test_heldout_rule_keeps_the_planted_fields_and_scores_unsearched_rows():
+    field_ids, scenario_id, labels = planted_data()
+    result = search(batches_of(field_ids, scenario_id, labels), VOCAB, num_scenarios=2,
+                    num_tasks=2, params=HELDOUT_PARAMS)
+    d = result.diagnostics
+    assert np.all(result.mask[0, :, 0] == 1) and np.all(result.mask[1, :, 1] == 1)
+    assert np.all(result.mask[:, :, 2] == 0)  # the noise field is dropped everywhere
+    # The held-out rows are the rows the hash holds out (about 20% of each scenario);
+    # every batch still has searched rows, so every epoch takes its 12 steps.
+    held = multifs._RowHoldout(0.2, 3, HELDOUT_PARAMS["seed"]).held_out(field_ids, scenario_id)
+    assert d["heldout_rows"] == [int(np.sum(held & (scenario_id == s))) for s in range(2)]
+    assert 0.15 < held.mean() < 0.25
+    assert d["steps"] == [12] * 4
+    assert np.array(d["heldout_loss"]).shape == (4, 2)
+    # The result is the chosen epoch's masks, per scenario.
+    for s, epoch in enumerate(d["chosen_epoch"]):
+        np.testing.assert_array_equal(result.mask[s, 0], d["field_mask"][epoch][s])
+    assert result.params["heldout_fraction"] == 0.2
+    again = search(batches_of(field_ids, scenario_id, labels), VOCAB, 2, 2, HELDOUT_PARAMS)
+    assert again.diagnostics["chosen_epoch"] == d["chosen_epoch"]
+    np.testing.assert_array_equal(again.mask, result.mask)
+    np.testing.assert_allclose(again.diagnostics["heldout_loss"], d["heldout_loss"], rtol=1e-6)
+
+
+def test_heldout_rule_does_not_take_an_over_pruned_last_epoch():
+    # A pull strong enough to prune every field by the last epoch (tau fixed at 1).
+    params = {"search_epochs": 10, "sparsity_weight": 2e-2, "final_temperature": 1.0,
+              "seed": 3, "heldout_fraction": 0.2}
+    result = search(batches_of(*planted_data()), VOCAB, 2, 2, params)
+    d = result.diagnostics
+    assert np.all(np.array(d["field_mask"][-1]) == 0)  # the paper's cut keeps nothing
+    assert all(epoch < 9 for epoch in d["chosen_epoch"])
+    assert np.all(result.mask[0, :, 0] == 1) and np.all(result.mask[1, :, 1] == 1)
+    losses = np.array(d["heldout_loss"])
+    for s, epoch in enumerate(d["chosen_epoch"]):
+        assert losses[epoch, s] < losses[-1, s] - 0.1  # the pruned epochs lost on held-out rows

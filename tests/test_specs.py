@@ -598,6 +598,8 @@ def test_model_unknown_training_key(tmp_path):
     ("epochs", 2.0, "expected int, got float 2.0"),
     ("learning_rate", True, "got bool True"),
     ("learning_rate", -0.1, "must be > 0"),
+    ("precision", "bfloat16", "did you mean 'mixed_bfloat16'?"),
+    ("precision", 16, "expected str, got int 16"),
 ])
 def test_model_bad_training_value(tmp_path, key, value, fragment):
     data = model_data()

@@ -1,7 +1,8 @@
 """A FileBasedExampleGen executor that reads the files a dataset spec names.
 
 It reads CSV (plain or gzipped, with or without a header) and TFRecord files of
-tf.Examples, adds per-file constant columns (e.g. the country of an AliExpress
+tf.Examples column-wise (``columnar.py``: pyarrow tokenizes, numpy validates, tfx_bsl
+encodes), adds per-file constant columns (e.g. the country of an AliExpress
 file), turns label rules into 0/1 labels, and writes tf.Examples with typed
 features: categorical and scenario columns as bytes, numerical fields as float
 (NaN where missing), labels as int64 named after their task.
@@ -14,16 +15,14 @@ line and reason, and the run fails if more than the spec's
 ``max_bad_row_fraction`` of the rows are bad.
 """
 
-import csv
+import bisect
 import dataclasses
 import glob
-import gzip
 import hashlib
-import io
+import itertools
 import json
-import math
 import os
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -36,7 +35,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from pipeline.specs import DatasetSpec, LabelRule
+from components.example_gen import columnar
+from pipeline.specs import DatasetSpec
 
 QUARANTINE_DIR = "quarantine"
 
@@ -103,180 +103,34 @@ def spec_from_exec_properties(exec_properties: Dict[str, Any]) -> DatasetSpec:
     return spec
 
 
-class RowConverter:
-    """Turns one raw row (column -> string) into a tf.Example, or raises ValueError."""
-
-    def __init__(self, spec: DatasetSpec):
-        self.spec = spec
-        self.na_values = set(spec.na_values)
-        self.rules = {t.name: LabelRule(t.label_rule).compile() for t in spec.tasks if t.label_rule}
-        self.split_key = spec.split_key
-
-    def _label(self, task, row) -> int:
-        if task.name in self.rules:
-            return self.rules[task.name](row)
-        value = row[task.label].strip()
-        try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if number not in (0.0, 1.0):
-            raise ValueError(f"label column {task.label!r} must be 0 or 1, got {value!r}")
-        return int(number)
-
-    def convert(self, row: Dict[str, str]) -> tf.train.Example:
-        spec = self.spec
-        feature = {}
-        for column in spec.scenario_columns:
-            value = row[column].strip()
-            if not value:
-                raise ValueError(f"scenario column {column!r} is empty")
-            feature[column] = _bytes(value)
-        for field in spec.categorical_fields:
-            feature[field.name] = _bytes(row[field.name].strip())
-        for field in spec.numerical_fields:
-            value = row[field.name].strip()
-            if value in self.na_values:
-                number = math.nan
-            else:
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise ValueError(f"numerical field {field.name!r}: {value!r} is not a number")
-            feature[field.name] = tf.train.Feature(float_list=tf.train.FloatList(value=[number]))
-        labels = {}
-        for task in spec.tasks:
-            labels[task.name] = self._label(task, row)
-            if task.depends_on and labels[task.name] and not labels[task.depends_on]:
-                raise ValueError(f"task {task.name!r} is 1 but it depends on "
-                                 f"{task.depends_on!r}, which is 0")
-            feature[task.name] = tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[labels[task.name]]))
-        if self.split_key and self.split_key not in feature:
-            value = row[self.split_key].strip()
-            feature[self.split_key] = (
-                tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-                if value.lstrip("-").isdigit() else _bytes(value))
-        return tf.train.Example(features=tf.train.Features(feature=feature))
-
-
-def _bytes(value: str) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
-
-
-class _GFileRaw(io.RawIOBase):
-    """Lets io.TextIOWrapper read a tf.io.gfile.GFile, which has no readable()."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._f.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-def _open_text(path: str) -> io.TextIOBase:
-    raw = tf.io.gfile.GFile(path, "rb")
-    if path.endswith(".gz"):
-        raw = gzip.GzipFile(fileobj=raw)
-    else:
-        raw = io.BufferedReader(_GFileRaw(raw))
-    # Undecodable bytes become U+FFFD, and read_rows sets such a row aside.
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-
-
-def read_rows(spec: DatasetSpec, path: str, constants: Dict[str, str]
-              ) -> Iterator[Tuple[int, Dict[str, str], str]]:
-    """Yields ``(line_number, row, error)`` for every data row of one file."""
-    if spec.input_format == "tfrecord":
-        compression = "GZIP" if path.endswith(".gz") else ""
-        for number, record in enumerate(tf.data.TFRecordDataset(path, compression).as_numpy_iterator(), 1):
-            example = tf.train.Example.FromString(record)
-            row = dict(constants)
-            for name, f in example.features.feature.items():
-                values = (list(f.bytes_list.value) or list(f.float_list.value)
-                          or list(f.int64_list.value))
-                if len(values) > 1:
-                    yield number, {}, f"feature {name!r} has {len(values)} values, expected one"
-                    break
-                row[name] = (values[0].decode("utf-8") if isinstance(values[0], bytes)
-                             else repr(values[0])) if values else ""
-            else:
-                yield number, row, ""
-        return
-    with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=spec.separator, skipinitialspace=True)
-        columns = list(spec.columns) if not spec.header else next(reader, None)
-        if columns is None:
-            return
-        columns = [c.strip() for c in columns]
-        for values in reader:
-            if not values or values == [""]:
-                continue
-            if len(values) != len(columns):
-                yield reader.line_num, {}, (f"expected {len(columns)} fields, got {len(values)}: "
-                                            f"{spec.separator.join(values)[:200]!r}")
-                continue
-            if any("\ufffd" in v for v in values):
-                yield reader.line_num, {}, "not valid UTF-8"
-                continue
-            row = dict(zip(columns, values))
-            row.update(constants)
-            yield reader.line_num, row, ""
-
-
 class _ConvertFile(beam.DoFn):
-    """Reads one input file; good rows to the main output, bad rows to 'bad'."""
+    """Converts one input file: serialized tf.Examples to the main output (with their
+    split-key partition keys as ``(key, example)`` when ``keyed``), bad rows to 'bad'."""
 
-    def __init__(self, spec_json: str):
+    def __init__(self, spec_json: str, keyed: bool = False):
         self._spec_json = spec_json
+        self._keyed = keyed
 
     def setup(self):
         self._spec = DatasetSpec.from_json(self._spec_json)
-        self._converter = RowConverter(self._spec)
-        self._needed = self._spec.raw_columns
+        self._converter = columnar.ExampleConverter(self._spec, self._keyed)
 
     def process(self, item):
         path, constants = item
-        good = bad = 0
-        missing_reported = False
-        for line, row, error in read_rows(self._spec, path, dict(constants)):
-            if not error:
-                missing = [c for c in self._needed if c not in row]
-                if missing:
-                    if not missing_reported:
-                        yield beam.pvalue.TaggedOutput("bad", f"{path}: missing column(s) "
-                                                       f"{missing}; every row of this file is unusable")
-                        missing_reported = True
-                    bad += 1
-                    continue
-                try:
-                    example = self._converter.convert(row)
-                except ValueError as e:
-                    error = str(e)
-            if error:
-                bad += 1
-                yield beam.pvalue.TaggedOutput("bad", f"{path}:{line}: {error}")
-                continue
-            good += 1
-            yield example
-        yield beam.pvalue.TaggedOutput("summary", json.dumps(
-            {"file": path, "good_rows": good, "bad_rows": bad}))
+        for kind, value in columnar.convert_file(self._spec, path, constants, self._converter):
+            if kind == "examples":
+                if self._keyed:
+                    yield from zip(value.partition_keys, value.examples)
+                else:
+                    yield from value.examples
+            elif kind == "bad":
+                yield beam.pvalue.TaggedOutput("bad", value)
+            else:
+                yield beam.pvalue.TaggedOutput("summary", json.dumps(value))
 
 
-@beam.ptransform_fn
-@beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(tf.train.Example)
-def _SpecFilesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
-                        split_pattern: str) -> beam.pvalue.PCollection:
+def _convert_files(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str,
+                   keyed: bool) -> beam.pvalue.PCollection:
     spec = spec_from_exec_properties(exec_properties)
     split = exec_properties[_SPLIT_BY_PATTERN_KEY][split_pattern]
     items = [(path, f.constants) for f in spec.files
@@ -286,13 +140,40 @@ def _SpecFilesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
     quarantine = exec_properties[_QUARANTINE_KEY]
     results = (pipeline
                | "ListFiles" >> beam.Create(items)
-               | "ConvertRows" >> beam.ParDo(_ConvertFile(spec.to_json())).with_outputs(
+               | "ConvertRows" >> beam.ParDo(_ConvertFile(spec.to_json(), keyed)).with_outputs(
                    "bad", "summary", main="examples"))
     _ = results.bad | "WriteBadRows" >> beam.io.WriteToText(
         os.path.join(quarantine, f"{split}-bad_rows"), file_name_suffix=".txt")
     _ = results.summary | "WriteSummary" >> beam.io.WriteToText(
         os.path.join(quarantine, f"{split}-summary"), file_name_suffix=".jsonl")
-    return results.examples | "Reshuffle" >> beam.Reshuffle()
+    # No Reshuffle: TFX's WriteSplit reshuffles each split before writing.
+    return results.examples
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(bytes)
+def _SpecFilesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
+                        split_pattern: str) -> beam.pvalue.PCollection:
+    """The spec's files of one input split as serialized tf.Examples."""
+    return _convert_files(pipeline, exec_properties, split_pattern, keyed=False)
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(Tuple[bytes, bytes])
+def _SpecFilesToKeyedExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
+                             split_pattern: str) -> beam.pvalue.PCollection:
+    """As ``_SpecFilesToExample``, each example keyed by its split key's serialized feature."""
+    return _convert_files(pipeline, exec_properties, split_pattern, keyed=True)
+
+
+def _partition_by_key(keyed: Tuple[bytes, bytes], num_partitions: int,
+                      buckets: List[int]) -> int:
+    """TFX's hash split (``base_example_gen_executor._PartitionFn`` with a
+    ``partition_feature_name``) on a precomputed key, as TFX's own needs a parsed proto."""
+    bucket = int(hashlib.sha256(keyed[0]).hexdigest(), 16) % buckets[-1]
+    return bisect.bisect(buckets, bucket)
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -300,6 +181,26 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _SpecFilesToExample
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline, exec_properties: Dict[str, Any]
+                               ) -> Dict[str, beam.pvalue.PCollection]:
+        """TFX's, except that a hash split on the split key hashes precomputed keys."""
+        output_config = example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
+                                  output_config)
+        split_config = output_config.split_config
+        if not split_config.partition_feature_name:
+            return super().GenerateExamplesByBeam(pipeline, exec_properties)
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
+                                  input_config)
+        buckets = list(itertools.accumulate(s.hash_buckets for s in split_config.splits))
+        splits = (pipeline
+                  | "InputToRecord" >> _SpecFilesToKeyedExample(  # pylint: disable=no-value-for-parameter
+                      exec_properties, input_config.splits[0].pattern)
+                  | "SplitData" >> beam.Partition(_partition_by_key, len(buckets), buckets))
+        return {s.name: split | f"DropKeys[{s.name}]" >> beam.Values()
+                for s, split in zip(split_config.splits, splits)}
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         spec = spec_from_exec_properties(exec_properties)

@@ -28,9 +28,31 @@ vanish as ``tau`` grows (on the synthetic data, penalties on the tempered gates
 of eq. 6 pruned everything sooner: Adam rescales the vanishing gradient).
 ``tau`` starts at 1 and is multiplied after every search epoch so that the last
 epoch runs at ``final_temperature`` (a single epoch runs at ``final_temperature``).
-After the search the hard gates are ``g_c > 0`` (eq. 7) and
-``G^k = q^sh * g^sh + (1 - q^sh) * g^k``, with ``q^sh`` read at the final
+The hard gates of an epoch are ``g_c > 0`` (eq. 7) and
+``G^k = q^sh * g^sh + (1 - q^sh) * g^k``, with ``q^sh`` read at that epoch's
 temperature and the learned threshold.
+
+Deviation from the paper: which epoch's hard gates are kept. The paper keeps the
+last epoch's. Here a share ``heldout_fraction`` of the rows (chosen by a hash of
+their scenario id and field ids, so the same rows on every shuffled pass) is never
+searched on; after every epoch the search network is scored on them with that
+epoch's hard masks applied (``G^k`` times the hard mask: pruned values read 0), and
+each scenario keeps the epoch with the fewest fields among those whose held-out
+loss is within ``heldout_tolerance`` standard errors of its best epoch's (the
+one-standard-error rule on paired per-example losses, ``choose_epoch``). Reason:
+the task loss never closes a gate by itself, every prune comes from the sparsity
+and exclusivity pull, so the number of fields kept after the last epoch is set by
+steps times learning rate rather than by relevance (benchmarks/RESULTS.md, "MultiFS:
+why its hard cut does not settle"); a held-out score is the standard way to pick a
+point on such a path. One standard error, not zero: epochs whose loss differs by
+less than the noise of a few thousand held-out rows are not told apart, so the
+sparser one is taken. Off by default (``heldout_fraction: 0``, the paper's
+last-epoch cut): on the synthetic benchmark the rule does not reach the
+planted-field F1 target, because the gates prune values by frequency more than by
+relevance (rare values fall first under Adam's normalised pull, frequent values of
+noise fields stay), so no epoch of the path is much better than the last one.
+The held-out rows are kept in memory (``heldout_fraction`` of the first pass); a
+scenario with no held-out rows keeps the last epoch's masks.
 
 Multi-task: a shared bottom MLP over the gated embeddings feeds one tower per
 (scenario, task); the gates are per scenario, shared by that scenario's tasks
@@ -39,8 +61,8 @@ Multi-task: a shared bottom MLP over the gated embeddings feeds one tower per
 Field-level output (``SelectorResult.mask``): field ``f`` is kept on scenario
 ``s``'s paths iff the values kept in ``s`` carry at least ``min_value_coverage``
 of ``s``'s traffic on ``f`` (counted during the search). ``scores`` is the
-traffic-weighted mean of the continuous gate ``G^s`` at the final temperature
-over the field's values, divided by its maximum ``scaling / sigmoid(0.5)``, so
+traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch (at its
+temperature) over the field's values, divided by its maximum ``scaling / sigmoid(0.5)``, so
 in ``[0, 1]``. Both are the same for every task of a scenario.
 """
 
@@ -72,6 +94,8 @@ DEFAULT_PARAMS: Dict[str, Any] = {
     "tower_units": 16,
     "min_value_coverage": 0.5,
     "max_steps_per_epoch": None,
+    "heldout_fraction": 0.0,
+    "heldout_tolerance": 1.0,
     "seed": 0,
 }
 
@@ -138,14 +162,26 @@ class HierarchicalValueGate(keras.layers.Layer):
         return field_ids + self._offsets
 
     def call(self, field_ids, scenario_id):
+        gate, g_sh = self.gates(field_ids, scenario_id)
+        self.add_loss(self.penalty())
+        return gate, g_sh
+
+    def gates(self, field_ids, scenario_id, keep=None):
+        """``(G^k, g^sh)`` ``[batch, num_fields]`` without the penalty.
+
+        ``keep``: optional float ``[num_scenarios, num_rows]`` multiplied into ``G^k``
+        (a hard mask: the pruned values read 0, the kept ones their gate).
+        """
         rows = self.rows(field_ids)
         g_shared, g_scenarios = self.continuous_gates()
         g_sh = tf.gather(g_shared, rows)  # [B, F]
-        g_k = tf.gather_nd(g_scenarios, tf.stack(
-            [tf.broadcast_to(tf.cast(scenario_id, tf.int64)[:, None], tf.shape(rows)), rows], -1))
+        index = tf.stack(
+            [tf.broadcast_to(tf.cast(scenario_id, tf.int64)[:, None], tf.shape(rows)), rows], -1)
+        g_k = tf.gather_nd(g_scenarios, index)
         q_sh = straight_through_step(tf.nn.relu(g_sh - self.threshold))
         gate = q_sh * g_sh + (1.0 - q_sh) * g_k
-        self.add_loss(self.penalty())
+        if keep is not None:
+            gate = gate * tf.gather_nd(keep, index)
         return gate, g_sh
 
     def penalty(self):
@@ -224,6 +260,12 @@ class MultiFSSearchNetwork(keras.Model):
         return (self._logits(embedded, gate, scenario_id),
                 self._logits(embedded, g_shared, scenario_id))
 
+    def masked_logits(self, field_ids, scenario_id, keep):
+        """Scenario-path logits ``[batch, num_tasks]`` with ``G^k`` times the hard ``keep``
+        ``[num_scenarios, num_rows]``: the search network with the pruned values removed."""
+        gate, _ = self.gate.gates(field_ids, scenario_id, keep)
+        return self._logits(self.embedding(field_ids), gate, scenario_id)
+
     def get_config(self):
         return {"vocab_sizes": self.vocab_sizes, "num_scenarios": self.num_scenarios,
                 "num_tasks": self.num_tasks, "embedding_dim": self.embedding_dim,
@@ -252,6 +294,8 @@ CHECKS = {
     "tower_units": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
     "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
+    "heldout_fraction": (lambda v: _is_number(v, 0.0, 1.0) and v < 1, "a number in [0, 1)"),
+    "heldout_tolerance": (lambda v: _is_number(v, 0.0), "a number >= 0 (standard errors)"),
     "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
 }
 
@@ -285,8 +329,11 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     Diagnostics, one entry per epoch: ``temperature``, ``threshold`` (after the epoch),
     ``loss`` (mean total objective), ``steps``, ``seconds``, ``kept_value_fraction``
     and ``kept_traffic_fraction`` (per scenario, of the hard ``G^k``),
-    ``shared_value_fraction`` (hard ``g^sh``); then ``final_temperature``,
-    ``final_threshold``, ``value_coverage`` ``[S, F]``, ``scenario_rows``, ``search_seconds``.
+    ``shared_value_fraction`` (hard ``g^sh``), ``kept_fields`` and ``field_mask``
+    (per scenario), ``heldout_loss`` (per scenario; empty without held-out rows); then
+    ``chosen_epoch`` and ``heldout_rows`` (per scenario), ``final_temperature``,
+    ``final_threshold``, ``value_coverage`` ``[S, F]`` and ``scenario_rows`` (all rows,
+    held-out included), ``search_seconds``. ``steps`` counts batches with searched rows.
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
@@ -341,13 +388,26 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
             start += len(vs)
         return total
 
+    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
+                                  tf.TensorSpec([None], tf.int64),
+                                  tf.TensorSpec([None, num_tasks], tf.float32),
+                                  tf.TensorSpec([num_scenarios, gate.num_rows], tf.float32)])
+    def heldout_step(field_ids, scenario_id, labels, keep):
+        logits = network.masked_logits(field_ids, scenario_id, keep)
+        return tf.reduce_sum(_bce(labels, logits), -1)  # [B]
+
     offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
     upper = np.asarray(vocab_sizes, np.int64) - 1
     counts = np.zeros([num_scenarios, gate.num_rows], np.float64)
     schedule = temperature_schedule(p["search_epochs"], p["final_temperature"])
+    holdout = _RowHoldout(p["heldout_fraction"], num_fields, p["seed"])
+    heldout: List[tuple] = []  # (field_ids, scenario_id, labels) of the held-out rows
     history: Dict[str, list] = {"temperature": [], "threshold": [], "loss": [], "steps": [],
                                 "seconds": [], "kept_value_fraction": [],
-                                "kept_traffic_fraction": [], "shared_value_fraction": []}
+                                "kept_traffic_fraction": [], "shared_value_fraction": [],
+                                "kept_fields": [], "field_mask": [], "heldout_loss": []}
+    hard_path, soft_path, heldout_losses = [], [], []  # per epoch
+    norm = gate.scaling / _sigmoid(gate.initial_value)
     for epoch, tau in enumerate(schedule):
         epoch_start = time.perf_counter()
         gate.temperature.assign(tau)
@@ -359,16 +419,38 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                                                          num_scenarios, num_fields, num_tasks)
             if scenario_id.shape[0] == 0:
                 continue
+            ids, scenarios = field_ids.numpy(), scenario_id.numpy()
             if epoch == 0:
-                rows = np.clip(field_ids.numpy(), 0, upper) + offsets
-                flat = scenario_id.numpy()[:, None] * gate.num_rows + rows
+                rows = np.clip(ids, 0, upper) + offsets
+                flat = scenarios[:, None] * gate.num_rows + rows
                 counts += np.bincount(flat.ravel(), minlength=counts.size).reshape(counts.shape)
+            held = holdout.held_out(ids, scenarios)
+            if held.any():
+                if epoch == 0:
+                    heldout.append((ids[held], scenarios[held], labels.numpy()[held]))
+                field_ids, scenario_id, labels = (tf.constant(ids[~held]),
+                                                  tf.constant(scenarios[~held]),
+                                                  tf.boolean_mask(labels, ~held))
+                if scenario_id.shape[0] == 0:
+                    continue
             losses.append(float(train_step(field_ids, scenario_id, labels)))
             steps += 1
         if epoch == 0 and counts.sum() == 0:
             raise ValueError("multifs: batches_fn() yielded no rows of a known scenario "
                              f"(scenario ids in [0, {num_scenarios}))")
+        if epoch == 0 and heldout:
+            heldout = [np.concatenate(part) for part in zip(*heldout)]
         hard, shared = (g.numpy() for g in gate.hard_gates())
+        hard_path.append(hard)
+        soft_path.append(gate.soft_gates().numpy() / norm)
+        if heldout:
+            heldout_losses.append(np.concatenate([
+                heldout_step(*(tf.constant(a[i:i + _HELDOUT_BATCH]) for a in heldout),
+                             tf.constant(hard)).numpy()
+                for i in range(0, len(heldout[1]), _HELDOUT_BATCH)]))
+            history["heldout_loss"].append([
+                float(heldout_losses[-1][heldout[1] == s].mean()) if np.any(heldout[1] == s)
+                else float("nan") for s in range(num_scenarios)])
         history["temperature"].append(float(tau))
         history["threshold"].append(float(gate.threshold.numpy()))
         history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
@@ -378,10 +460,21 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         history["kept_traffic_fraction"].append(
             (np.sum(counts * hard, 1) / np.maximum(counts.sum(1), 1)).tolist())
         history["shared_value_fraction"].append(float(shared.mean()))
+        kept = _field_mask(counts, hard, offsets, vocab_sizes, p["min_value_coverage"])
+        history["kept_fields"].append(kept.sum(1).tolist())
+        history["field_mask"].append(kept.astype(int).tolist())
     gate.temperature.assign(float(p["final_temperature"]))
 
-    hard, _ = (g.numpy() for g in gate.hard_gates())
-    soft = gate.soft_gates().numpy() / (gate.scaling / _sigmoid(gate.initial_value))
+    last = len(schedule) - 1
+    chosen = [last] * num_scenarios
+    if heldout:
+        for s in range(num_scenarios):
+            own = heldout[1] == s
+            if own.any():
+                chosen[s] = choose_epoch(np.stack([e[own] for e in heldout_losses]),
+                                         history["kept_fields"], s, p["heldout_tolerance"])
+    hard = np.stack([hard_path[e][s] for s, e in enumerate(chosen)])
+    soft = np.stack([soft_path[e][s] for s, e in enumerate(chosen)])
     seen = counts.sum(1) > 0  # [S]
     hard[~seen] = 1.0
     coverage = np.full([num_scenarios, num_fields], np.nan)
@@ -399,6 +492,9 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                    for start, size in zip(offsets, vocab_sizes)]
     diagnostics = {
         **history,
+        "chosen_epoch": chosen,
+        "heldout_rows": [int(np.sum(heldout[1] == s)) if heldout else 0
+                         for s in range(num_scenarios)],
         "final_temperature": float(gate.temperature.numpy()),
         "final_threshold": float(gate.threshold.numpy()),
         "value_coverage": coverage.tolist(),
@@ -411,8 +507,69 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         params=p, value_masks=value_masks, diagnostics=diagnostics)
 
 
+def choose_epoch(losses: np.ndarray, kept_fields: Sequence[Sequence[float]], scenario: int,
+                 tolerance: float) -> int:
+    """The epoch whose hard masks keep the fewest fields of ``scenario`` among the epochs
+    whose held-out loss is within ``tolerance`` standard errors of the best epoch's.
+
+    ``losses``: per-example held-out loss ``[epochs, rows]`` of the scenario's rows;
+    ``kept_fields[e][scenario]``: fields kept at epoch ``e``. Epoch ``e`` is within
+    tolerance when ``mean(d) <= tolerance * std(d) / sqrt(rows)`` for the paired
+    differences ``d = losses[e] - losses[best]`` (a one-standard-error rule on paired
+    losses). Ties go to the lower held-out loss, then to the later epoch.
+    """
+    losses = np.asarray(losses, np.float64)
+    means = losses.mean(1)
+    best = int(np.argmin(means))
+    rows = losses.shape[1]
+    candidates = []
+    for e in range(losses.shape[0]):
+        d = losses[e] - losses[best]
+        se = d.std(ddof=1) / math.sqrt(rows) if rows > 1 else 0.0
+        if d.mean() <= tolerance * se:
+            candidates.append((kept_fields[e][scenario], means[e], -e))
+    return -min(candidates)[2]
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def _field_mask(counts, hard, offsets, vocab_sizes, min_value_coverage):
+    """``[S, F]`` bool: the kept values carry at least ``min_value_coverage`` of the traffic."""
+    coverage = np.stack([
+        (counts[:, a:a + v] * hard[:, a:a + v]).sum(1) / np.maximum(counts[:, a:a + v].sum(1), 1)
+        for a, v in zip(offsets, vocab_sizes)], 1)
+    return coverage >= min_value_coverage
+
+
+_HELDOUT_BATCH = 8192
+
+
+class _RowHoldout:
+    """Deterministic held-out rows: a hash of (scenario id, field ids) below ``fraction``.
+
+    The decision depends on the row's content only (not on its position in a shuffled
+    pass), so the same rows are held out on every epoch.
+    """
+
+    def __init__(self, fraction: float, num_fields: int, seed: int):
+        self.fraction = float(fraction)
+        rng = np.random.default_rng([seed, 0x6D66])
+        self.multipliers = rng.integers(1, 2 ** 63, size=num_fields + 1, dtype=np.uint64) | 1
+
+    def held_out(self, field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
+        """Bool ``[B]``."""
+        if self.fraction <= 0:
+            return np.zeros(len(scenario_id), bool)
+        with np.errstate(over="ignore"):
+            keys = np.concatenate([field_ids.astype(np.uint64),
+                                   scenario_id.astype(np.uint64)[:, None]], 1)
+            h = (keys * self.multipliers).sum(1, dtype=np.uint64)
+            h ^= h >> np.uint64(31)  # splitmix64 finaliser
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+        return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < self.fraction
 
 
 def _known_rows(field_ids, scenario_id, labels, num_scenarios, num_fields, num_tasks):

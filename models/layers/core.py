@@ -67,7 +67,8 @@ class FieldEmbedding(keras.layers.Layer):
         field_ids = tf.clip_by_value(field_ids, 0, upper)
         table_ids = field_ids + self._offsets
         if sum(self.vocab_sizes) <= DENSE_GRADIENT_MAX_ROWS:
-            embedded = gather_with_dense_gradient(self.embeddings, table_ids)
+            # A tensor, not the variable (under a mixed policy, the compute-dtype read).
+            embedded = gather_with_dense_gradient(tf.convert_to_tensor(self.embeddings), table_ids)
         else:
             embedded = tf.gather(self.embeddings, table_ids)
         if self.field_mask is not None:
