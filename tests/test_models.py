@@ -359,6 +359,15 @@ def test_field_embedding_gradient_and_adam_step_do_not_depend_on_its_form(max_ro
     np.testing.assert_array_equal(moved, [True, False, False, True, False, False, False])
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_trains_under_mixed_bfloat16(architecture):
+    model = _build(architecture, training=(("precision", "mixed_bfloat16"),))
+    x, y = _batch()
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history))
+    assert all(v.dtype == tf.float32 for v in model(x).values())
+
+
 def test_mixed_bfloat16_precision_computes_in_bfloat16_and_keeps_float32_outputs():
     """``training.precision`` sets the layers' dtype policy for this model only; variables
     and probabilities stay float32, training runs, and the SavedModel serves the same."""

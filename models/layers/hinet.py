@@ -82,8 +82,8 @@ class ScenarioAwareAttention(keras.layers.Layer):
 
     def attention_weights(self):
         """``g_a`` ``[num_scenarios, num_scenarios]``: row ``i`` attends over the others (eq. 5)."""
-        eye = tf.eye(self.num_scenarios, dtype=self.kernel.dtype)
         scores = tf.einsum("id,idm->im", self.scenario_embeddings, self.kernel)
+        eye = tf.eye(self.num_scenarios, dtype=scores.dtype)  # bfloat16 under a mixed policy.
         own = tf.where(eye > 0, tf.cast(_MASK_VALUE, eye.dtype), tf.zeros([], eye.dtype))
         return tf.nn.softmax(scores + own, axis=-1) * (1.0 - eye)
 

@@ -98,6 +98,7 @@ class PartitionedNormalization(keras.layers.Layer):
         training from the batch's moments, updating the moving statistics."""
         if not self.built:
             build_sublayer(self, z.shape)
+        z = tf.cast(z, self.dtype)
         training = bool(training) and self.trainable
         if training:
             one_hot = _scenario_one_hot(scenario_id, self.num_scenarios, z.dtype)
@@ -277,8 +278,9 @@ class STAR(keras.layers.Layer):
         self.dropout = float(dropout)
         self.aux_units = [int(u) for u in aux_units]
         self.aux_features = bool(aux_features)
+        # Statistics in float32 under a mixed policy too (as Keras' BatchNormalization).
         self.partitioned_norm = PartitionedNormalization(self.num_scenarios,
-                                                         name="partitioned_norm")
+                                                         name="partitioned_norm", dtype="float32")
         self.star_layers = [
             StarTopologyDense(self.num_scenarios, u, activation="relu", name=f"star_dense_{i}")
             for i, u in enumerate(self.units)]
@@ -292,7 +294,8 @@ class STAR(keras.layers.Layer):
     def call(self, inputs, training=None, all_scenarios=True):
         x = flatten_fields(inputs["embedded"])
         scenario_id = inputs["scenario_id"]
-        scale, offset = self.partitioned_norm.scale_and_offset(x, scenario_id, training)
+        scale, offset = (tf.cast(t, x.dtype) for t in
+                         self.partitioned_norm.scale_and_offset(x, scenario_id, training))
         d = x.shape[-1]
         weights = []  # Per layer, per scenario: W*_p [d_in, units], b*_p [units].
         for layer in self.star_layers:
