@@ -82,11 +82,12 @@ class PartitionedNormalization(keras.layers.Layer):
             return replica.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
 
         count, total = all_sum(tf.reduce_sum(one_hot, axis=0),
-                               tf.einsum("bs,bd->sd", one_hot, z))
+                               tf.matmul(one_hot, z, transpose_a=True))
         safe_count = tf.maximum(count, 1.0)[:, None]
         mean = total / safe_count
         deviation = z - tf.matmul(one_hot, mean)  # From the example's own scenario mean.
-        (squares,) = all_sum(tf.einsum("bs,bd->sd", one_hot, tf.square(deviation)))
+        # Matmuls, not einsum "bs,bd->sd": MklEinsum's gradient was 2x slower here.
+        (squares,) = all_sum(tf.matmul(one_hot, tf.square(deviation), transpose_a=True))
         return mean, squares / safe_count, count
 
     def call(self, z, scenario_id, training=None):
