@@ -226,6 +226,29 @@ def test_star_adds_the_auxiliary_networks_logits():
     assert not np.allclose(aux.numpy(), 0.0)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_star_is_partitioned_norm_then_star_fcn_plus_auxiliary(training):
+    """STAR folds PN into its first layer's weights; the logits (and their gradients) are
+    those of PN(x) fed through the star-topology FCN, plus the auxiliary logits."""
+    star = STAR(S, T, embedding_dim=D, units=[5])
+    inputs = _inputs(16)
+    star(inputs)
+    _randomise(star)
+    norm_state = [v.numpy() for v in star.partitioned_norm.non_trainable_weights]
+    x = tf.reshape(inputs["embedded"], [16, F * D])
+    with tf.GradientTape(persistent=True) as tape:
+        got = star(inputs, training=training)
+        for v, value in zip(star.partitioned_norm.non_trainable_weights, norm_state):
+            v.assign(value)  # The reference's PN sees the same moving statistics.
+        z = star.partitioned_norm(x, inputs["scenario_id"], training=training)  # [B, S, d]
+        hidden = star.star_layers[0](z)
+        expected = star.star_layers[1](hidden) + star.auxiliary(x)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    for weight in star.trainable_weights:
+        np.testing.assert_allclose(tape.gradient(got, weight).numpy(),
+                                   tape.gradient(expected, weight).numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_star_auxiliary_network_without_features_reads_the_scenario_only():
     aux = ScenarioAuxiliaryNetwork(S, T, embedding_dim=3, units=[4, 3], use_features=False)
     x = tf.random.stateless_normal((5, 7), seed=(7, 8))
@@ -236,6 +259,8 @@ def test_star_auxiliary_network_without_features_reads_the_scenario_only():
     np.testing.assert_allclose(out, np.broadcast_to(out[:1], out.shape), rtol=1e-6)
     assert not np.allclose(out[0, 0], out[0, 1])
     with_features = ScenarioAuxiliaryNetwork(S, T, embedding_dim=3, units=[4])
+    with_features(x)
+    _randomise(with_features)  # Not the unseeded initialisers: 4 ReLUs can all start dead.
     out = with_features(x).numpy()
     assert not np.allclose(out[0], out[1])
 

@@ -308,9 +308,14 @@ class STAR(keras.layers.Layer):
         routing = ScenarioRouting(scenario_id, self.num_scenarios, all_scenarios)
         logits = []
         for p in range(self.num_scenarios):
-            h = routing.gather(p, x) * scale[p] + offset[p]  # PN as scenario p
+            h = routing.gather(p, x)
             for i, (layer, (kernels, biases)) in enumerate(zip(self.star_layers, weights)):
-                h = layer.activation(tf.matmul(h, kernels[p]) + biases[p])
+                kernel, bias = kernels[p], biases[p]
+                if i == 0:  # PN as scenario p, folded into the first layer's weights:
+                    # (h * scale + offset) W + b = h (scale ⊙ W) + (offset W + b).
+                    bias = bias + tf.linalg.matvec(kernel, offset[p], transpose_a=True)
+                    kernel = kernel * scale[p][:, None]
+                h = layer.activation(tf.matmul(h, kernel) + bias)
                 if self.dropout and i < len(self.star_layers) - 1:
                     h = self._dropout(h, training=training)
             logits.append(h + routing.gather(p, auxiliary[:, p]))  # [n_p, T]
