@@ -638,21 +638,15 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     hparams = top.get("hparams", (dict,), {})
     training = top.sub("training", tuple(_TRAINING_DEFAULTS))
     values = dict(_TRAINING_DEFAULTS)
+    choices = {"scenario_loss_weights": SCENARIO_LOSS_WEIGHTS, "strategy": TRAINING_STRATEGIES,
+               "precision": PRECISIONS}
     for key, default in _TRAINING_DEFAULTS.items():
-        kinds = {"learning_rate": (float, int), "scenario_loss_weights": (str,),
-                 "strategy": (str,), "precision": (str,)}.get(key, (int,))
+        kinds = {"learning_rate": (float, int)}.get(key, (str,) if key in choices else (int,))
         values[key] = training.get(key, kinds, default)
-        if key == "scenario_loss_weights":
-            if values[key] not in SCENARIO_LOSS_WEIGHTS:
-                raise training.error(key, f"must be one of {SCENARIO_LOSS_WEIGHTS}, got {values[key]!r}")
-        elif key == "strategy":
-            if values[key] not in TRAINING_STRATEGIES:
-                raise training.error(key, f"must be one of {TRAINING_STRATEGIES}, got "
-                                          f"{values[key]!r}{_suggest(values[key], TRAINING_STRATEGIES)}")
-        elif key == "precision":
-            if values[key] not in PRECISIONS:
-                raise training.error(key, f"must be one of {PRECISIONS}, got "
-                                          f"{values[key]!r}{_suggest(values[key], PRECISIONS)}")
+        if key in choices:
+            if values[key] not in choices[key]:
+                raise training.error(key, f"must be one of {choices[key]}, got "
+                                          f"{values[key]!r}{_suggest(values[key], choices[key])}")
         elif values[key] is not None and values[key] <= 0 and key != "seed":
             raise training.error(key, f"must be > 0, got {values[key]}")
     return ModelSpec(
