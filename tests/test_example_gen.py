@@ -6,6 +6,7 @@ tests run Beam's in-memory DirectRunner.
 
 import dataclasses
 import gzip
+import io
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import os
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pytest
 import tensorflow as tf
 import yaml
@@ -123,10 +125,10 @@ def good_row(**changes):
     return row
 
 
-def write_csv(path, header, rows):
+def write_csv(path, header, rows, line_end="\n"):
     lines = [",".join(header)] + [",".join(r) if isinstance(r, list) else r for r in rows]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    with open(path, "w", newline="") as f:
+        f.write(line_end.join(lines) + line_end)
     return str(path)
 
 
@@ -317,8 +319,10 @@ def test_empty_file_yields_nothing(synthetic_spec, tmp_path):
         [], [], [{"file": str(path), "good_rows": 0, "bad_rows": 0}])
 
 
-def test_every_edge_case_of_a_csv_file(tmp_path):
-    """One file with each case the reader and converter decide, checked row by row."""
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_every_edge_case_of_a_csv_file(tmp_path, line_end):
+    """One file with each case the reader and converter decide, checked row by row, with
+    each line end pyarrow and Python's universal newlines read (line 18 is CRLF in any)."""
     spec_path = tmp_path / "edge.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "edge", "inputs": {"files": str(tmp_path / "edge.csv"), "separator": ";",
@@ -355,7 +359,9 @@ def test_every_edge_case_of_a_csv_file(tmp_path):
         b"14;s0;n;1;3;no;0;x",  # 22: label not 0/1; no newline at the end
     ]
     path = tmp_path / "edge.csv"
-    path.write_bytes(b"\n".join(lines))
+    if line_end != b"\n":
+        lines[17] = lines[17].rstrip(b"\r")
+    path.write_bytes(line_end.join(lines))
     examples, bad, summaries = run_dofn(spec, str(path))
     assert bad == [
         f"{path}:6: numerical field 'x': 'NA' is not a number",
@@ -378,7 +384,7 @@ def test_every_edge_case_of_a_csv_file(tmp_path):
     assert got[2]["x"] == ("float_list", [20.0]) and got[2]["buy"] == ("int64_list", [0])
     assert math.isnan(got[3]["x"][1][0]) and got[3]["buy"] == ("int64_list", [1])
     assert got[8]["buy"] == ("int64_list", [1])
-    assert got[11]["cat"] == ("bytes_list", [b"multi\nline"])
+    assert got[11]["cat"] == ("bytes_list", [b"multi" + line_end + b"line"])
     assert got[12]["cat"] == ("bytes_list", [b"j;k"])
     assert got[-13]["click"] == ("int64_list", [1]) and got[-13]["buy"] == ("int64_list", [0])
     assert got[15]["cat"] == ("bytes_list", [b'15" tv'])
@@ -400,8 +406,9 @@ def test_every_edge_case_with_a_text_split_key(tmp_path):
         ("bytes_list", [b"u-1"]), ("int64_list", [7])]
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r"], ids=["lf", "cr"])
 def test_many_blocks_keep_their_line_numbers(synthetic_spec, synthetic_header, tmp_path,
-                                             monkeypatch):
+                                             monkeypatch, line_end):
     monkeypatch.setattr(columnar, "BLOCK_BYTES", 1 << 10)  # About 8 rows a block.
     rows, expected_bad, line = [], [], 1  # The header is line 1.
     for i in range(60):
@@ -419,12 +426,63 @@ def test_many_blocks_keep_their_line_numbers(synthetic_spec, synthetic_header, t
         if i % 13 == 0:
             rows.append("")
             line += 1
-    path = write_csv(tmp_path / "blocks.csv", synthetic_header, rows)
+    path = write_csv(tmp_path / "blocks.csv", synthetic_header, rows, line_end)
     examples, bad, summaries = run_dofn(synthetic_spec, path)
     assert bad == [f"{path}:{message}" for message in expected_bad]
     assert sorted(value(e, "row_id") for e in examples) == [i for i in range(60) if i % 7 != 3]
     assert {value(e, "cat_00") for e in examples} == {b"x", b'x\ny, "z"'}
     assert summaries == [{"file": path, "good_rows": len(examples), "bad_rows": len(expected_bad)}]
+
+
+def _record_lines(data: bytes, chunk: int, sequential: bool = False):
+    """The reader's record-end lines when pyarrow pulls ``chunk`` bytes at a time."""
+    reader = columnar._LineCountingReader(io.BytesIO(data), ",")
+    if sequential:  # Only the one-quote-at-a-time path.
+        reader._alternating_toggles = lambda at, field_start: None
+    buffer = bytearray(chunk)
+    while reader.readinto(buffer):
+        pass
+    return reader.record_lines(0, len(data) + 1).tolist()
+
+
+def _csv_bytes(rng, line_end: bytes, quote_all: bool) -> bytes:
+    rows = []
+    for _ in range(int(rng.integers(1, 30))):
+        values = []
+        for _ in range(3):
+            value = "".join(rng.choice(["a", "b", " ", '"', "\n", "\r", "\r\n", ","],
+                                       size=int(rng.integers(0, 4)),
+                                       p=[.3, .2, .1, .1, .1, .1, .05, .05]))
+            needs_quotes = quote_all or any(c in value for c in '",\r\n') or value == ""
+            values.append('"' + value.replace('"', '""') + '"' if needs_quotes else value)
+        rows.append(",".join(values).encode())
+    return line_end.join(rows) + (line_end if rng.random() < 0.5 else b"")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_line_counting_reader_agrees_with_pyarrow_at_any_chunk_size(seed):
+    """Records end where pyarrow ends them, on the line of their last byte, however the
+    bytes are cut (a \r or a "" on a cut included), on both quote-tracking paths."""
+    rng = np.random.default_rng(seed)
+    data = _csv_bytes(rng, [b"\n", b"\r\n", b"\r"][seed % 3], quote_all=seed % 2 == 0)
+    lines = _record_lines(data, len(data) + 1)
+    table = pa_csv.read_csv(io.BytesIO(data), read_options=pa_csv.ReadOptions(
+        column_names=["a", "b", "c"]), parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(column_types={c: pa.binary() for c in "abc"}))
+    assert len(lines) == table.num_rows
+    text_lines = data.decode().splitlines(keepends=True)  # Python's universal newlines.
+    assert lines[-1] == len(text_lines)
+    assert lines == sorted(set(lines))
+    for chunk in (1, 2, 3, 7, 64):
+        assert _record_lines(data, chunk) == lines
+        assert _record_lines(data, chunk, sequential=True) == lines
+
+
+def test_line_counting_reader_treats_a_quote_inside_a_value_as_a_character():
+    data = b'a,15" tv,c\rd,"x\r\ny",e\r\nf,g"",h\n'
+    for chunk in (1, 4, 100):
+        assert _record_lines(data, chunk) == [1, 3, 4]
+        assert _record_lines(data, chunk, sequential=True) == [1, 3, 4]
 
 
 # --------------------------------------------------------------------------- TFRecord input

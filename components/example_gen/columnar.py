@@ -7,7 +7,8 @@ touches the rare cells that the fast paths cannot decide (e.g. ``1_000`` as a nu
 the bad-row semantics are those of a per-row ``float()``/``str.strip()`` reader:
 
 - a row with the wrong number of fields, or bytes that are not UTF-8, is bad; blank lines
-  are skipped but counted, so every ``line`` is the physical line where the row ends;
+  are skipped but counted, so every ``line`` is the physical line where the row ends
+  (lines end at ``\n``, ``\r\n`` or a lone ``\r``);
 - values are stripped; ``na_values`` are NaN in numerical fields, anything else that
   ``float()`` rejects is bad; a label column must be 0 or 1 (``1.0`` too); a label rule is
   evaluated over the raw columns (``LabelRule.compile_columns``); a task that is 1 while the
@@ -22,6 +23,7 @@ import csv
 import dataclasses
 import gzip
 import io
+import threading
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -73,9 +75,11 @@ class _LineCountingReader(io.RawIOBase):
 
     Undecodable bytes become U+FFFD, as Python's text reader has them (pyarrow would fail
     on such a row); ``saw_replacement`` says whether any U+FFFD was seen.
-    A newline ends a record unless it is inside a quoted value (one that opens with ``"``
-    at the start of a field, as pyarrow reads it); empty records (blank lines) are dropped,
-    as pyarrow drops them, so pyarrow's i-th record ends on the i-th line recorded.
+    A line end (``\n``, ``\r\n`` or a lone ``\r``, as pyarrow and Python's universal
+    newlines read them) ends a record unless it is inside a quoted value (one that opens
+    with ``"`` at the start of a field, as pyarrow reads it); empty records (blank lines)
+    are dropped, as pyarrow drops them, so pyarrow's i-th record ends on the i-th line
+    recorded.
     """
 
     def __init__(self, raw, separator: str):
@@ -84,13 +88,18 @@ class _LineCountingReader(io.RawIOBase):
         self._pending = b""
         self.saw_replacement = False
         self._separator = ord(separator)
-        self._lines = 0  # Newlines seen.
+        self._lines = 0  # Line ends seen.
         self._offset = 0  # Bytes seen.
         self._record_start = 0  # Offset where the current record starts.
         self._last_byte = 10
+        self._cr_at_end = False  # The bytes seen end with \r (a line end unless \n follows).
+        self._cr_outside = True  # That \r is outside a quoted value.
+        self._carry = b""  # A byte read past the header.
         self._quoted = False  # Inside a quoted value at the end of the bytes seen.
         self._last_close = -2  # Offset of the last closing quote.
         self._ends: List[np.ndarray] = []
+        # pyarrow reads ahead on its I/O thread while the caller takes lines: guards _ends.
+        self._ends_lock = threading.Lock()
         self._dropped = 0  # Records handed out and forgotten.
         self.saw_quote = False
         self._eof = False
@@ -100,7 +109,8 @@ class _LineCountingReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         while not self._pending and not self._eof:
-            raw = self._raw.read(len(buffer))
+            raw = self._carry + self._raw.read(len(buffer))
+            self._carry = b""
             text = self._decoder.decode(raw, final=not raw)
             self.saw_replacement = self.saw_replacement or "\ufffd" in text
             self._pending = text.encode("utf-8")
@@ -114,9 +124,34 @@ class _LineCountingReader(io.RawIOBase):
         quotes = np.flatnonzero(chunk == 34)
         before = np.where(quotes > 0, chunk[np.maximum(quotes - 1, 0)], self._last_byte)
         field_start = np.isin(before, [self._separator, 10, 13])
+        at = quotes + self._offset
+        toggles = self._alternating_toggles(at, field_start)
+        if toggles is None:
+            toggles = self._sequential_toggles(at, field_start)
+        return toggles - self._offset
+
+    def _alternating_toggles(self, at: np.ndarray, field_start: np.ndarray
+                             ) -> Optional[np.ndarray]:
+        """``at`` if every quote opens or closes a value (well-formed quoting, where they
+        alternate), else None: vectorised, and updates the state only when it answers."""
+        if not len(at):
+            return at
+        closes = np.arange(len(at)) % 2 == (0 if self._quoted else 1)
+        previous = np.concatenate([[self._last_close], at[:-1]])
+        opens = ~closes
+        if not np.all(field_start[opens] | (at[opens] == previous[opens] + 1)):
+            return None
+        self._quoted = bool(self._quoted ^ (len(at) % 2 == 1))
+        if closes.any():
+            self._last_close = int(at[closes][-1])
+        return at
+
+    def _sequential_toggles(self, at: np.ndarray, field_start: np.ndarray) -> np.ndarray:
+        """The quotes that toggle, one by one: a quote outside a value opens one only at the
+        start of a field (or right after a closing quote: ``""``); elsewhere it is a character."""
         toggles = []
         quoted, last_close = self._quoted, self._last_close
-        for q, at_start in zip((quotes + self._offset).tolist(), field_start.tolist()):
+        for q, at_start in zip(at.tolist(), field_start.tolist()):
             if quoted:
                 quoted, last_close = False, q
                 toggles.append(q)
@@ -124,40 +159,61 @@ class _LineCountingReader(io.RawIOBase):
                 quoted = True
                 toggles.append(q)
         self._quoted, self._last_close = quoted, last_close
-        return np.array(toggles, np.int64) - self._offset
+        return np.array(toggles, np.int64)
 
     def _scan(self, data: bytes) -> None:
         if not data:
-            if self._offset > self._record_start + (self._last_byte == 13):
-                self._ends.append(np.array([self._lines + 1]))  # No newline at the end.
+            if self._cr_at_end:  # The file ends with a lone \r.
+                self._end_lines(np.array([self._offset - 1]), np.array([self._cr_outside]),
+                                np.array([False]))
+            elif self._offset > self._record_start:
+                with self._ends_lock:  # No line end at the end.
+                    self._ends.append(np.array([self._lines + 1]))
             self._eof = True
             return
         chunk = np.frombuffer(data, np.uint8)
-        newlines = np.flatnonzero(chunk == 10)
-        line_numbers = self._lines + 1 + np.arange(len(newlines))
-        self._lines += len(newlines)
+        if self._cr_at_end and chunk[0] != 10:  # The last chunk's \r was a lone line end.
+            self._end_lines(np.array([self._offset - 1]), np.array([self._cr_outside]),
+                            np.array([False]))
+        # A line ends at \n, at \r\n (on its \n) and at a lone \r, as pyarrow and Python's
+        # universal newlines read it; a \r at the chunk's end waits for the next byte.
+        candidates = np.flatnonzero((chunk == 10) | (chunk == 13))
+        following = chunk[np.minimum(candidates + 1, len(chunk) - 1)]
+        is_cr = chunk[candidates] == 13
+        last = candidates == len(chunk) - 1
+        breaks = candidates[~(is_cr & (last | (following == 10)))]
+        before = np.where(breaks > 0, chunk[np.maximum(breaks - 1, 0)], self._last_byte)
+        crlf = (chunk[breaks] == 10) & (before == 13)
+        outside = np.ones(len(breaks), bool)
         if self.saw_quote or b'"' in data:
             was_quoted = self._quoted
             self.saw_quote = True
             toggles = self._quote_toggles(chunk)
-            outside = (np.searchsorted(toggles, newlines) % 2 == 0) != was_quoted
-            newlines, line_numbers = newlines[outside], line_numbers[outside]
-        if len(newlines):
-            before = np.where(newlines > 0, chunk[np.maximum(newlines - 1, 0)], self._last_byte)
-            ends = newlines + self._offset
-            starts = np.concatenate([[self._record_start], ends[:-1] + 1])
-            length = ends - starts - (before == 13)
-            self._ends.append(line_numbers[length > 0])
-            self._record_start = int(ends[-1]) + 1
+            outside = (np.searchsorted(toggles, breaks) % 2 == 0) != was_quoted
+        self._end_lines(breaks + self._offset, outside, crlf)
+        self._cr_at_end, self._cr_outside = bool(chunk[-1] == 13), not self._quoted
         self._offset += len(data)
         self._last_byte = int(chunk[-1])
+
+    def _end_lines(self, breaks: np.ndarray, outside: np.ndarray, crlf: np.ndarray) -> None:
+        """Counts line ends at offsets ``breaks``; those ``outside`` a quoted value end a
+        record, and a record with no bytes (a blank line) is dropped, as pyarrow drops it."""
+        line_numbers = self._lines + 1 + np.arange(len(breaks))
+        self._lines += len(breaks)
+        ends, line_numbers, crlf = breaks[outside], line_numbers[outside], crlf[outside]
+        if len(ends):
+            starts = np.concatenate([[self._record_start], ends[:-1] + 1])
+            with self._ends_lock:
+                self._ends.append(line_numbers[ends - starts - crlf > 0])
+            self._record_start = int(ends[-1]) + 1
 
     def record_lines(self, first: int, count: int) -> np.ndarray:
         """Lines of records ``first .. first + count - 1`` (0-based, in pyarrow's order);
         the records before ``first + count`` are forgotten."""
-        ends = np.concatenate(self._ends) if self._ends else np.zeros(0, np.int64)
-        start = first - self._dropped
-        self._ends, self._dropped = [ends[start + count:]], first + count
+        with self._ends_lock:
+            ends = np.concatenate(self._ends) if self._ends else np.zeros(0, np.int64)
+            start = first - self._dropped
+            self._ends, self._dropped = [ends[start + count:]], first + count
         return ends[start:start + count]
 
     def read_header(self) -> Optional[bytes]:
@@ -165,6 +221,9 @@ class _LineCountingReader(io.RawIOBase):
         line = b""
         while not line.endswith(b"\n"):
             byte = self._raw.read(1)
+            if line.endswith(b"\r") and byte != b"\n":
+                self._carry = byte  # A lone \r ended the line.
+                break
             if not byte:
                 break
             line += byte
@@ -223,9 +282,11 @@ def read_csv(spec: DatasetSpec, path: str, constants: Mapping[str, str]) -> Iter
         missing = [c for c in spec.raw_columns if c not in index and c not in constants]
         internal = [f"f{i}" for i in range(len(names))]
         invalid: List[Tuple[int, str]] = []
+        invalid_lock = threading.Lock()  # pyarrow may parse ahead on another thread.
 
         def on_invalid_row(row) -> str:
-            invalid.append((row.number, row.text))
+            with invalid_lock:
+                invalid.append((row.number, row.text))
             return "skip"
 
         batches = pa_csv.open_csv(
@@ -246,7 +307,9 @@ def read_csv(spec: DatasetSpec, path: str, constants: Mapping[str, str]) -> Iter
                 batch = None
             # This batch's records: its rows and the invalid rows before and among them.
             rows = 0 if batch is None else batch.num_rows
-            invalid_numbers = np.array(sorted(n - 1 for n, _ in invalid), np.int64)
+            with invalid_lock:
+                known_invalid = list(invalid)
+            invalid_numbers = np.array(sorted(n - 1 for n, _ in known_invalid), np.int64)
             if batch is None:
                 taken = max([consumed] + [int(n) + 1 for n in invalid_numbers])
             elif rows:
@@ -258,7 +321,7 @@ def read_csv(spec: DatasetSpec, path: str, constants: Mapping[str, str]) -> Iter
             record_numbers = np.arange(consumed, taken)
             bad_mask = np.isin(record_numbers, invalid_numbers)
             bad_rows: List[Tuple[int, str]] = []
-            texts = dict((n - 1, text) for n, text in invalid)
+            texts = dict((n - 1, text) for n, text in known_invalid)
             for record, line in zip(record_numbers[bad_mask], lines[bad_mask]):
                 values = _csv_values(texts[record], spec)
                 if values in ([], [""]):
@@ -268,7 +331,8 @@ def read_csv(spec: DatasetSpec, path: str, constants: Mapping[str, str]) -> Iter
                     continue
                 bad_rows.append((int(line), f"expected {len(names)} fields, got {len(values)}: "
                                             f"{spec.separator.join(values)[:200]!r}"))
-            invalid[:] = [(n, t) for n, t in invalid if n - 1 >= taken]
+            with invalid_lock:
+                invalid[:] = [(n, t) for n, t in invalid if n - 1 >= taken]
             consumed = taken
             good_lines = lines[~bad_mask]
             if batch is not None and rows:
