@@ -41,6 +41,11 @@ Methodology (so that the ratio is fair in both directions):
     .venv/bin/python benchmarks/train_throughput.py            # everything, ~15 min idle
     .venv/bin/python benchmarks/train_throughput.py --models mmoe --no-torch --rounds 3
     .venv/bin/python benchmarks/train_throughput.py --strategy mirrored   # on GPUs, if any
+    .venv/bin/python benchmarks/train_throughput.py --strategy mirrored --logical-devices 2
+
+``--logical-devices N`` splits the first GPU into N logical GPUs (``--gpu-memory-mib`` each)
+and mirrors over them, as issue #7 asks for one and two; without a GPU it splits the CPU
+instead, which runs the same code path (and is how it is checked on CPU-only machines).
 
 Prints a table and writes ``benchmarks/results/train_throughput.json`` and a section of
 ``benchmarks/RESULTS.md``.
@@ -269,6 +274,21 @@ def step_timer(warmup: int):
     return StepTimer()
 
 
+def mirrored_strategy(logical_devices: int, gpu_memory_mib: int):
+    """MirroredStrategy over every GPU, or over ``logical_devices`` logical devices carved
+    out of the first GPU (the CPU where there is none). Must run before TF starts."""
+    import tensorflow as tf
+    if not logical_devices:
+        return tf.distribute.MirroredStrategy()
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = "GPU" if gpus else "CPU"
+    physical = gpus[0] if gpus else tf.config.list_physical_devices("CPU")[0]
+    memory = gpu_memory_mib if gpus else None
+    tf.config.set_logical_device_configuration(
+        physical, [tf.config.LogicalDeviceConfiguration(memory_limit=memory)] * logical_devices)
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices(kind)])
+
+
 class OursRunner:
     """One of our models, built, traced and warmed up once; ``round`` times Keras ``fit`` steps."""
 
@@ -448,6 +468,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "mixed_bfloat16 (measured: see RESULTS.md)")
     parser.add_argument("--strategy", choices=["default", "mirrored"], default="default",
                         help="mirrored: tf.distribute.MirroredStrategy over the visible GPUs")
+    parser.add_argument("--logical-devices", type=int, default=0,
+                        help="with --strategy mirrored: split the first GPU (else the CPU) into "
+                             "N logical devices and mirror over them")
+    parser.add_argument("--gpu-memory-mib", type=int, default=16384,
+                        help="memory of each logical GPU with --logical-devices")
     parser.add_argument("--every-scenario", action="store_true",
                         help="also time the models that compute only each example's own "
                              f"scenario ({', '.join(ROUTED_MODELS)}) computing every scenario "
@@ -463,9 +488,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     import tensorflow as tf
     configure_threads(args.threads, args.inter_op_threads)
     strategy = None
+    if args.logical_devices and args.strategy != "mirrored":
+        parser.error("--logical-devices needs --strategy mirrored")
     if args.strategy == "mirrored":
-        strategy = tf.distribute.MirroredStrategy()
-        print(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s)")
+        strategy = mirrored_strategy(args.logical_devices, args.gpu_memory_mib)
+        print(f"MirroredStrategy over {strategy.extended.worker_devices}")
 
     load_start = os.getloadavg()
     options = dict(jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
@@ -508,6 +535,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     info = machine()
     info["load_average_1m_start"] = round(load_start[0], 2)
     info["gemm_roofline"] = roofline_info
+    info["devices"] = (list(strategy.extended.worker_devices) if strategy is not None
+                       else "default (no tf.distribute strategy)")
     roofline = roofline_info["tensorflow_gflops"]
     if any(r["side"] == "torch-rechub" for r in rows):
         info["torch"] = next(r["versions"] for r in rows if r["side"] == "torch-rechub")
@@ -537,8 +566,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     f"). Load average {info['load_average_1m_start']} at the start, "
                     f"{info['load_average_1m']} at the end: the machine was shared with other "
                     f"jobs, so absolute figures are noisy; the same-run ratios are the figures "
-                    f"to read. No GPU on this machine (`--strategy mirrored` uses GPUs where "
-                    f"there are).\n\n{text}\n")
+                    f"to read. Devices: {info['devices']}.\n\n{text}\n")
 
 
 if __name__ == "__main__":
