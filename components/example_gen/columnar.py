@@ -164,8 +164,7 @@ class _LineCountingReader(io.RawIOBase):
     def _scan(self, data: bytes) -> None:
         if not data:
             if self._cr_at_end:  # The file ends with a lone \r.
-                self._end_lines(np.array([self._offset - 1]), np.array([self._cr_outside]),
-                                np.array([False]))
+                self._end_deferred_cr()
             elif self._offset > self._record_start:
                 with self._ends_lock:  # No line end at the end.
                     self._ends.append(np.array([self._lines + 1]))
@@ -173,8 +172,7 @@ class _LineCountingReader(io.RawIOBase):
             return
         chunk = np.frombuffer(data, np.uint8)
         if self._cr_at_end and chunk[0] != 10:  # The last chunk's \r was a lone line end.
-            self._end_lines(np.array([self._offset - 1]), np.array([self._cr_outside]),
-                            np.array([False]))
+            self._end_deferred_cr()
         # A line ends at \n, at \r\n (on its \n) and at a lone \r, as pyarrow and Python's
         # universal newlines read it; a \r at the chunk's end waits for the next byte.
         candidates = np.flatnonzero((chunk == 10) | (chunk == 13))
@@ -194,6 +192,11 @@ class _LineCountingReader(io.RawIOBase):
         self._cr_at_end, self._cr_outside = bool(chunk[-1] == 13), not self._quoted
         self._offset += len(data)
         self._last_byte = int(chunk[-1])
+
+    def _end_deferred_cr(self) -> None:
+        """The \r that ended the bytes seen so far is a lone line end."""
+        self._end_lines(np.array([self._offset - 1]), np.array([self._cr_outside]),
+                        np.array([False]))
 
     def _end_lines(self, breaks: np.ndarray, outside: np.ndarray, crlf: np.ndarray) -> None:
         """Counts line ends at offsets ``breaks``; those ``outside`` a quoted value end a
