@@ -27,6 +27,7 @@ from tfx.utils import proto_utils
 
 from components.example_gen import columnar
 from components.example_gen import executor as ex
+from components.example_gen import write
 from pipeline import synthetic
 from pipeline.specs import REPO_DIR, InputFile, load_dataset_spec
 
@@ -661,6 +662,45 @@ def test_hash_split_on_the_split_key_under_direct_runner(synthetic_spec, synthet
         for name, split in splits.items():
             ids = split | f"Ids[{name}]" >> beam.Map(lambda e: value(e, "row_id"))
             assert_that(ids, equal_to(expected[name]), label=f"check[{name}]")
+
+
+# --------------------------------------------------------------------------- writing splits
+
+
+def test_executor_writes_every_row_once_as_fast_gzip_tfrecords(synthetic_spec, synthetic_file,
+                                                               tmp_path):
+    component = ex.make_example_gen(synthetic_spec)
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "ExampleGen" / "examples" / "1")
+    ex.Executor().Do({}, {"examples": [examples]}, dict(component.exec_properties))
+    assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
+    assert examples.get_string_custom_property("file_format") == "tfrecords_gzip"
+    assert examples.get_string_custom_property("payload_format") == "FORMAT_TF_EXAMPLE"
+    expected, _, _ = run_dofn(synthetic_spec, synthetic_file)
+    by_split = {}
+    for split in ("train", "eval"):
+        files = tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "data_tfrecord-*.gz"))
+        assert files
+        for path in files:
+            with open(path, "rb") as f:
+                header = f.read(10)
+            assert header[:3] == b"\x1f\x8b\x08" and header[8] == 4  # gzip, XFL 4: fastest
+        by_split[split] = [value(e, "row_id") for e in
+                           tf.data.TFRecordDataset(files, "GZIP").as_numpy_iterator()]
+    assert sorted(by_split["train"] + by_split["eval"]) == sorted(value(e, "row_id")
+                                                                  for e in expected)
+    assert len(by_split["eval"]) < len(by_split["train"])
+
+
+def test_write_split_records_read_back_as_written(tmp_path):
+    records = [b"", b"x", os.urandom(70_000)] + [f"record {i}".encode() for i in range(500)]
+    with TestPipeline() as p:
+        _ = p | beam.Create(records) | write.WriteSplit(str(tmp_path), compression_level=1)
+    files = tf.io.gfile.glob(str(tmp_path / "data_tfrecord-*.gz"))
+    assert sorted(tf.data.TFRecordDataset(files, "GZIP").as_numpy_iterator()) == sorted(records)
+    with TestPipeline() as p:  # Beam's reader too (gzip detected from the suffix).
+        read = p | beam.io.ReadFromTFRecord(str(tmp_path / "data_tfrecord-*.gz"))
+        assert_that(read, equal_to(records))
 
 
 # --------------------------------------------------------------------------- AliExpress sample
