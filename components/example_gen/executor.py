@@ -217,16 +217,15 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                             for s in input_config.splits}
         exec_properties = dict(exec_properties, **{_SPLIT_BY_PATTERN_KEY: split_by_pattern,
                                                    _QUARANTINE_KEY: quarantine})
-        self._generate_examples(input_dict, output_dict, exec_properties)
+        self._generate_examples(input_dict, output_dict, exec_properties, input_config)
         check_output(spec, examples, quarantine)
 
-    def _generate_examples(self, input_dict, output_dict, exec_properties) -> None:
+    def _generate_examples(self, input_dict, output_dict, exec_properties,
+                           input_config: example_gen_pb2.Input) -> None:
         """TFX's ``BaseExampleGenExecutor.Do`` for gzipped tf.Examples, writing each split
         with ``write.WriteSplit`` (a faster gzip level than Beam's default)."""
         self._log_startup(input_dict, output_dict, exec_properties)
-        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY],
-                                  input_config)
+        output_config = example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
                                   output_config)
         outputs = output_dict[standard_component_specs.EXAMPLES_KEY]
