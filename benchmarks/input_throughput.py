@@ -114,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     _, info, train_ds, _ = training.training_inputs(fn_args, spec, model_spec)
 
     model = factory.build_model(model_spec, info)
-    training.compile_model(model, spec, model_spec.training_dict["learning_rate"])
+    training.compile_model(model, spec, model_spec.training_dict)
     in_memory = train_ds.take(args.steps).cache().repeat()
     iterate(in_memory, args.steps)  # Fills the cache.
     fit_seconds(model, in_memory, 5)  # Traces the train step.
@@ -148,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for policy in args.policies:
             keras.utils.set_random_seed(model_spec.training_dict["seed"])
             candidate = factory.build_model(model_spec.with_training(precision=policy), info)
-            training.compile_model(candidate, spec, model_spec.training_dict["learning_rate"])
+            training.compile_model(candidate, spec, model_spec.training_dict)
             seconds = fit_seconds(candidate, train_ds, args.quality_steps)
             scores = candidate.evaluate(eval_ds, return_dict=True, verbose=0)
             quality.append({"policy": policy, "examples_per_s":

@@ -20,8 +20,9 @@ Methodology (so that the ratio is fair in both directions):
 
 - Same work: the same arrays, batch, widths, Adam (lr 1e-3, no weight decay) and 2 intra-op
   threads on both sides (TF ``set_intra_op_parallelism_threads``, ``torch.set_num_threads``;
-  ``--threads``). Each side runs its own trainer's step: ours a Keras ``fit`` step,
-  torch-rechub's a step of its ``MTLTrainer.train_one_epoch``.
+  ``--threads``). Each side runs its own trainer's step: ours a Keras ``fit`` step with the
+  Trainer's ``steps_per_execution`` (``--steps-per-execution``), torch-rechub's a step of its
+  ``MTLTrainer.train_one_epoch``.
 - Interleaved rounds: every model (ours and torch-rechub's, in a persistent subprocess) is
   built and warmed up once; then ``--rounds`` rounds, each running every model for
   ``--steps`` timed steps (after one untimed step), in alternating order (forward, then
@@ -71,6 +72,8 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+
+from pipeline.specs import TRAINING_DEFAULTS  # noqa: E402 (no TensorFlow import)
 
 TORCH_PYTHON = os.path.join(HERE, ".venv-torch", "bin", "python")
 TASKS = ("click", "conversion")
@@ -462,7 +465,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="intra-op threads for both sides (0: each library's default)")
     parser.add_argument("--inter-op-threads", type=int, default=0)
     parser.add_argument("--jit-compile", action="store_true", help="XLA (measured slower here)")
-    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--steps-per-execution", type=int,
+                        default=TRAINING_DEFAULTS["steps_per_execution"],
+                        help="Keras steps per compiled call (default: the Trainer's)")
     parser.add_argument("--policies", nargs="+", default=["float32"],
                         help="Keras dtype policies to time each model under, e.g. float32 "
                              "mixed_bfloat16 (measured: see RESULTS.md)")

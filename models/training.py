@@ -3,7 +3,7 @@
 import dataclasses
 import json
 import os
-from typing import Dict, Optional, List, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -113,12 +113,14 @@ def scenario_loss_weights(method: str, prior: Sequence[float]) -> Optional[List[
     return inverse.tolist() + [1.0]
 
 
-def compile_model(model: keras.Model, spec: DatasetSpec, learning_rate: float) -> None:
-    """Adam, binary cross-entropy and AUC per task output."""
+def compile_model(model: keras.Model, spec: DatasetSpec, training: Mapping[str, Any]) -> None:
+    """Adam, binary cross-entropy and AUC per task output; ``training``: the model spec's
+    training block (``learning_rate``, ``steps_per_execution``)."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(training["learning_rate"]),
         loss={t: keras.losses.BinaryCrossentropy() for t in spec.task_names},
-        metrics={t: [keras.metrics.AUC(name="auc")] for t in spec.task_names})
+        metrics={t: [keras.metrics.AUC(name="auc")] for t in spec.task_names},
+        steps_per_execution=training["steps_per_execution"])
 
 
 def training_inputs(fn_args, spec: DatasetSpec, model_spec: ModelSpec):
@@ -254,7 +256,7 @@ def run(fn_args) -> None:
 
     with strategy.scope():
         model = factory.build_model(model_spec, info)
-        compile_model(model, spec, training["learning_rate"])
+        compile_model(model, spec, training)
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=run_dir, update_freq="epoch"),
         diagnostics.MSMTDiagnostics(

@@ -99,7 +99,7 @@ class MSMTTuner(keras_tuner.Tuner):
         keras.utils.set_random_seed(settings["seed"])
         _, info, train_ds, eval_ds = self._training_inputs(model_spec)
         model = factory.build_model(model_spec, info)
-        training.compile_model(model, self.spec, settings["learning_rate"])
+        training.compile_model(model, self.spec, settings)
         history = model.fit(train_ds, validation_data=eval_ds, epochs=self.epochs,
                             steps_per_epoch=settings["steps_per_epoch"],
                             validation_steps=settings["eval_steps"], verbose=2).history

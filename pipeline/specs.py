@@ -557,7 +557,7 @@ def load_dataset_spec(name_or_path: str) -> DatasetSpec:
 # --------------------------------------------------------------------------- model spec
 
 
-_TRAINING_DEFAULTS = {
+TRAINING_DEFAULTS = {
     "batch_size": 512,
     "learning_rate": 1e-3,
     "epochs": 10,
@@ -570,6 +570,10 @@ _TRAINING_DEFAULTS = {
     # A Keras dtype policy: "mixed_bfloat16" computes in bfloat16 (variables and the
     # probabilities stay float32); "mixed_float16" for GPUs (loss scaling by Keras).
     "precision": "float32",
+    # Training steps per call of Keras' compiled train function, so that Keras' per-step
+    # Python work is paid once per call (benchmarks/RESULTS.md, session 6). Above 1 Keras
+    # must know each epoch's steps: steps_per_epoch and eval_steps are then required.
+    "steps_per_execution": 1,
 }
 SCENARIO_LOSS_WEIGHTS = ("none", "inverse_share")
 TRAINING_STRATEGIES = ("mirrored", "multi_worker")  # models/distribute.py
@@ -636,11 +640,11 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
     if embedding_dim < 1:
         raise top.error("embedding_dim", f"must be >= 1, got {embedding_dim}")
     hparams = top.get("hparams", (dict,), {})
-    training = top.sub("training", tuple(_TRAINING_DEFAULTS))
-    values = dict(_TRAINING_DEFAULTS)
+    training = top.sub("training", tuple(TRAINING_DEFAULTS))
+    values = dict(TRAINING_DEFAULTS)
     choices = {"scenario_loss_weights": SCENARIO_LOSS_WEIGHTS, "strategy": TRAINING_STRATEGIES,
                "precision": PRECISIONS}
-    for key, default in _TRAINING_DEFAULTS.items():
+    for key, default in TRAINING_DEFAULTS.items():
         kinds = {"learning_rate": (float, int)}.get(key, (str,) if key in choices else (int,))
         values[key] = training.get(key, kinds, default)
         if key in choices:
@@ -649,6 +653,12 @@ def parse_model_spec(data: Any, source: str) -> ModelSpec:
                                           f"{values[key]!r}{_suggest(values[key], choices[key])}")
         elif values[key] is not None and values[key] <= 0 and key != "seed":
             raise training.error(key, f"must be > 0, got {values[key]}")
+    if values["steps_per_execution"] > 1:
+        for key in ("steps_per_epoch", "eval_steps"):
+            if values[key] is None:
+                raise training.error(key, f"must be set when steps_per_execution is above 1 "
+                                          f"({values['steps_per_execution']}): Keras runs a "
+                                          f"known number of steps per call")
     return ModelSpec(
         name=top.get("name", (str,), architecture), source=source, architecture=architecture,
         embedding_dim=embedding_dim, esmm=top.get("esmm", (bool,), False),

@@ -122,6 +122,28 @@ def test_deterministic_given_a_seed(architecture):
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
+def test_steps_per_execution_trains_the_same_weights():
+    from models import training
+    x, y = _batch(64)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    spec = specs.load_dataset_spec("synthetic")
+    weights, calls = [], []
+    for steps_per_execution in (1, 4):
+        keras.utils.set_random_seed(3)
+        model = factory.build_model(_spec("mmoe"), DATA)
+        training.compile_model(model, spec, {"learning_rate": 0.01,
+                                             "steps_per_execution": steps_per_execution})
+        batch_ends = []
+        model.fit(dataset, epochs=2, steps_per_epoch=6, verbose=0, callbacks=[
+            keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batch_ends.append(b))])
+        weights.append([w.numpy() for w in model.weights])
+        calls.append(len(batch_ends))
+    assert calls == [12, 4]  # One call per 4 steps, the last of each epoch cut to 2 steps.
+    assert len(weights[0]) == len(weights[1])
+    for before, after in zip(*weights):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture
 def fresh_collective_keys():
     """Each MirroredStrategy in one process needs its own collective keys (as TF's tests do)."""

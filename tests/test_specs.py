@@ -600,11 +600,23 @@ def test_model_unknown_training_key(tmp_path):
     ("learning_rate", -0.1, "must be > 0"),
     ("precision", "bfloat16", "did you mean 'mixed_bfloat16'?"),
     ("precision", 16, "expected str, got int 16"),
+    ("steps_per_execution", 0, "must be > 0, got 0"),
 ])
 def test_model_bad_training_value(tmp_path, key, value, fragment):
     data = model_data()
     data["training"][key] = value
     expect_spec_error(tmp_path, data, f"training.{key}", fragment, loader=load_model_spec)
+
+
+@pytest.mark.parametrize("missing", ["steps_per_epoch", "eval_steps"])
+def test_steps_per_execution_above_one_needs_step_budgets(tmp_path, missing):
+    data = model_data()
+    data["training"].update(steps_per_execution=8, steps_per_epoch=100, eval_steps=10)
+    assert load_model_spec(write_yaml(tmp_path, data)).training_dict["steps_per_execution"] == 8
+    del data["training"][missing]
+    expect_spec_error(tmp_path, data, f"training.{missing}",
+                      "must be set when steps_per_execution is above 1 (8)",
+                      loader=load_model_spec)
 
 
 # --------------------------------------------------------------------------- label rules
