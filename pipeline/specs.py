@@ -622,7 +622,9 @@ class ModelSpec:
     def from_json(cls, text: str) -> "ModelSpec":
         d = json.loads(text)
         d["hparams"] = tuple((k, _freeze(v)) for k, v in d["hparams"])
-        d["training"] = tuple((k, _freeze(v)) for k, v in d["training"])
+        # Keys added since the JSON was written (e.g. in a compiled Kubeflow spec) get defaults.
+        d["training"] = tuple(sorted({**TRAINING_DEFAULTS,
+                                      **{k: _freeze(v) for k, v in d["training"]}}.items()))
         d["tuning"] = tuple((name, tuple((k, _freeze(v)) for k, v in space))
                             for name, space in d.get("tuning", ()))
         return cls(**d)
