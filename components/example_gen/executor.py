@@ -149,7 +149,7 @@ def _convert_files(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spl
         os.path.join(quarantine, f"{split}-bad_rows"), file_name_suffix=".txt")
     _ = results.summary | "WriteSummary" >> beam.io.WriteToText(
         os.path.join(quarantine, f"{split}-summary"), file_name_suffix=".jsonl")
-    # No Reshuffle: TFX's WriteSplit reshuffles each split before writing.
+    # No Reshuffle: write.WriteSplit shuffles each split before writing.
     return results.examples
 
 
@@ -223,7 +223,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def _generate_examples(self, input_dict, output_dict, exec_properties,
                            input_config: example_gen_pb2.Input) -> None:
         """TFX's ``BaseExampleGenExecutor.Do`` for gzipped tf.Examples, writing each split
-        with ``write.WriteSplit`` (a faster gzip level than Beam's default)."""
+        with ``write.WriteSplit`` (a faster gzip level, a content-keyed shuffle)."""
         self._log_startup(input_dict, output_dict, exec_properties)
         output_config = example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
