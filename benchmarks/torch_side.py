@@ -4,11 +4,16 @@ A server driven by the parent over stdin/stdout, one JSON object a line, so that
 parent can interleave torch-rechub's timing rounds with its own (slow drifts in the
 machine's load then hit both sides alike):
 
-- ``{"cmd": "build", "models": [...]}``: builds torch-rechub 0.9.0's SharedBottom, MMOE
-  and PLE at the parent's widths on the arrays the parent wrote (``field_ids`` ``[N, 79]``,
-  ``labels`` ``[N, 2]``, ``vocab_sizes``), each with its own ``MTLTrainer`` (Adam, lr 1e-3,
-  no weight decay, the same optimizer as ours), runs ``warmup`` steps, counts FLOPs.
-- ``{"cmd": "round", "model": m, "steps": n}``: ``n`` steps of the model's real
+- ``{"cmd": "build", "models": [...], "precision": p}``: builds torch-rechub 0.9.0's
+  SharedBottom, MMOE and PLE at the parent's widths on the arrays the parent wrote
+  (``field_ids`` ``[N, 79]``, ``labels`` ``[N, 2]``, ``vocab_sizes``), each with its own
+  ``MTLTrainer`` (Adam, lr 1e-3, no weight decay, the same optimizer as ours), runs
+  ``warmup`` steps, counts FLOPs. ``precision`` is ``float32`` (the default) or
+  ``mixed_bfloat16``: the model's forward pass runs under ``torch.autocast("cpu",
+  torch.bfloat16)`` and returns float32 probabilities, so the loss, the gradients' dtype
+  rules and Adam are autocast's usual mixed precision (torch-rechub's trainer has no
+  precision option; this is the standard way to add it around a model).
+- ``{"cmd": "round", "model": m, "precision": p, "steps": n}``: ``n`` steps of the model's real
   ``MTLTrainer.train_one_epoch`` (``model(x)``, per-task BCE, the regularisation pass,
   ``zero_grad``, ``backward``, ``optimizer.step``, the ``.item()`` loss bookkeeping) over
   pre-built in-memory batches; replies with the per-step wall times (each step is the time
@@ -41,6 +46,7 @@ EMBEDDING_DIM = 16
 EXPERT = {"dims": [256, 128]}
 TOWERS = [{"dims": [64]}, {"dims": [64]}]
 TASK_TYPES = ["classification", "classification"]
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def build(name, features):
@@ -53,6 +59,18 @@ def build(name, features):
         return PLE(features, TASK_TYPES, n_level=1, n_expert_specific=4, n_expert_shared=4,
                    expert_params=EXPERT, tower_params_list=TOWERS)
     raise ValueError(f"unknown model {name!r}")
+
+
+def with_bfloat16_autocast(model):
+    """The model's forward pass under CPU autocast to bfloat16, float32 probabilities out."""
+    forward = model.forward
+
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*args, **kwargs).float()
+
+    model.forward = autocast_forward
+    return model
 
 
 class TimedBatches:
@@ -111,8 +129,13 @@ def main():
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "build":
+            precision = command.get("precision", "float32")
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
             for name in command["models"]:
                 model = build(name, features)
+                if precision == "mixed_bfloat16":
+                    model = with_bfloat16_autocast(model)
                 trainer = MTLTrainer(model, TASK_TYPES,
                                      optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
                                      n_epoch=1, device="cpu", model_path=tmp)
@@ -120,14 +143,16 @@ def main():
                 with counter:
                     run_steps(trainer, batches, 1)
                 run_steps(trainer, batches, args.warmup)
-                trainers[name] = trainer
-                rows[name] = {"model": name, "side": "torch-rechub", "scenarios": 1,
-                              "train_flops_per_example": counter.get_total_flops() / b,
-                              "parameters": sum(p.numel() for p in model.parameters()),
-                              "versions": versions}
-            reply({"rows": rows})
+                trainers[name, precision] = trainer
+                rows[name, precision] = {
+                    "model": name, "side": "torch-rechub", "scenarios": 1, "policy": precision,
+                    "train_flops_per_example": counter.get_total_flops() / b,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "versions": versions}
+            reply({"rows": {name: rows[name, precision] for name in command["models"]}})
         elif command["cmd"] == "round":
-            reply({"step_s": run_steps(trainers[command["model"]], batches, command["steps"])})
+            trainer = trainers[command["model"], command.get("precision", "float32")]
+            reply({"step_s": run_steps(trainer, batches, command["steps"])})
         elif command["cmd"] == "gemm":
             n = command["n"]
             x, y = torch.randn(n, n), torch.randn(n, n)

@@ -22,7 +22,9 @@ Methodology (so that the ratio is fair in both directions):
   threads on both sides (TF ``set_intra_op_parallelism_threads``, ``torch.set_num_threads``;
   ``--threads``). Each side runs its own trainer's step: ours a Keras ``fit`` step with the
   Trainer's ``steps_per_execution`` (``--steps-per-execution``), torch-rechub's a step of its
-  ``MTLTrainer.train_one_epoch``.
+  ``MTLTrainer.train_one_epoch``. ``--policies`` times every model under each Keras dtype
+  policy; under ``mixed_bfloat16`` torch-rechub's models run their forward pass under
+  ``torch.autocast`` (bfloat16), so each ratio compares like precision with like.
 - Interleaved rounds: every model (ours and torch-rechub's, in a persistent subprocess) is
   built and warmed up once; then ``--rounds`` rounds, each running every model for
   ``--steps`` timed steps (after one untimed step), in alternating order (forward, then
@@ -94,6 +96,9 @@ MODELS: Dict[str, Dict] = {
     "automtl_derived": dict(interaction_op="cross_2", expert_dim=128, tower_units=[64]),
 }
 TORCH_MODELS = ("shared_bottom", "mmoe", "ple")
+# Our Keras policies the torch side can match: mixed_bfloat16 runs torch-rechub's forward
+# pass under torch.autocast(bfloat16) (benchmarks/torch_side.py).
+TORCH_PRECISIONS = ("float32", "mixed_bfloat16")
 # Run each example's own scenario only (models.layers.routing); --every-scenario also times
 # them computing every scenario for every example.
 ROUTED_MODELS = ("ple", "star", "hinet")
@@ -188,27 +193,23 @@ def configure_threads(intra: int, inter: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
-def gemm_seconds(n: int = 4096) -> float:
-    """Wall seconds of one ``n x n x n`` fp32 matmul in TensorFlow (traced and warm)."""
+def gemm_seconds(n: int = 4096, dtype: str = "float32") -> float:
+    """Wall seconds of one ``n x n x n`` matmul in TensorFlow (traced and warm), in ``dtype``
+    (``float32``, or ``bfloat16``: the matmuls of a ``mixed_bfloat16`` step)."""
     import tensorflow as tf
-    global _GEMM
-    if _GEMM is None or _GEMM[0] != n:
-        a, b = tf.random.normal([n, n]), tf.random.normal([n, n])
-        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)))
+    if (n, dtype) not in _GEMM:
+        a, b = (tf.cast(tf.random.normal([n, n]), dtype) for _ in range(2))
+        matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y),
+                                                                 tf.float32)))
         matmul(a, b).numpy()
-        _GEMM = (n, matmul, a, b)
-    _, matmul, a, b = _GEMM
+        _GEMM[n, dtype] = (matmul, a, b)
+    matmul, a, b = _GEMM[n, dtype]
     start = time.perf_counter()
     matmul(a, b).numpy()
     return time.perf_counter() - start
 
 
-_GEMM = None
-
-
-def gemm_roofline(n: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of an ``n x n x n`` fp32 matmul in TensorFlow, median of ``repeats``."""
-    return 2 * n ** 3 / float(np.median([gemm_seconds(n) for _ in range(repeats)])) / 1e9
+_GEMM: Dict = {}
 
 
 def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: Dict,
@@ -333,14 +334,17 @@ class TorchRunner:
     """torch-rechub's models in a persistent ``torch_side.py`` subprocess (see its docstring)."""
 
     def __init__(self, python: str, data_file: str, models, batch_size: int, warmup: int,
-                 threads: int, log_file):
+                 threads: int, log_file, policies=("float32",)):
         command = [python, os.path.join(HERE, "torch_side.py"), "--data", data_file,
                    "--batch-size", str(batch_size), "--warmup", str(warmup),
                    "--threads", str(threads)]
         self._log = log_file
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=log_file, text=True, bufsize=1)
-        self.rows = self._ask({"cmd": "build", "models": list(models)})["rows"]
+        self.rows = {}
+        for policy in policies:
+            built = self._ask({"cmd": "build", "models": list(models), "precision": policy})
+            self.rows.update({(m, policy): row for m, row in built["rows"].items()})
 
     def _ask(self, command: Dict) -> Dict:
         self._process.stdin.write(json.dumps(command) + "\n")
@@ -352,17 +356,19 @@ class TorchRunner:
             raise RuntimeError(f"torch side ({TORCH_PYTHON}) failed:\n{self._log.read()[-3000:]}")
         return json.loads(line)
 
-    def runner(self, model: str):
+    def runner(self, model: str, policy: str = "float32"):
         parent = self
 
         class _Model:
-            label = f"torch-rechub {model} S=1"
+            label = f"torch-rechub {model} S=1 {policy}"
 
             def round(self, steps: int) -> List[float]:
-                return parent._ask({"cmd": "round", "model": model, "steps": steps + 1})["step_s"][1:]
+                command = {"cmd": "round", "model": model, "precision": policy,
+                           "steps": steps + 1}
+                return parent._ask(command)["step_s"][1:]
 
             def row(self) -> Dict:
-                return dict(parent.rows[model])
+                return dict(parent.rows[model, policy])
 
         return _Model()
 
@@ -387,15 +393,19 @@ def summarize(row: Dict, rounds: List[List[float]], batch_size: int) -> Dict:
             "step_ms_all": [round(1e3 * t, 2) for steps in rounds for t in steps]}
 
 
-def run_interleaved(runners, rounds: int, steps: int, batch_size: int, torch_runner=None):
-    """``rounds`` rounds of every runner (alternating order) and one GEMM per side per round."""
+def run_interleaved(runners, rounds: int, steps: int, batch_size: int, torch_runner=None,
+                    bfloat16: bool = False):
+    """``rounds`` rounds of every runner (alternating order) and one GEMM per side per round
+    (with ``bfloat16``, also a bfloat16 GEMM on our side: the mixed-precision roofline)."""
     times = {id(r): [] for r in runners}
-    gemm_tf, gemm_torch = [], []
+    gemm_tf, gemm_bf16, gemm_torch = [], [], []
     for i in range(rounds):
         order = runners if i % 2 == 0 else runners[::-1]
         for runner in order:
             times[id(runner)].append(runner.round(steps))
         gemm_tf.append(gemm_seconds())
+        if bfloat16:
+            gemm_bf16.append(gemm_seconds(dtype="bfloat16"))
         if torch_runner is not None:
             gemm_torch.append(torch_runner.gemm_seconds())
         print(f"round {i + 1}/{rounds}: " + ", ".join(
@@ -406,6 +416,9 @@ def run_interleaved(runners, rounds: int, steps: int, batch_size: int, torch_run
     flops = 2 * 4096 ** 3 / 1e9
     roofline = {"tensorflow_gflops": flops / float(np.median(gemm_tf)),
                 "tensorflow_rounds": [flops / t for t in gemm_tf]}
+    if gemm_bf16:
+        roofline.update(tensorflow_bfloat16_gflops=flops / float(np.median(gemm_bf16)),
+                        tensorflow_bfloat16_rounds=[flops / t for t in gemm_bf16])
     if gemm_torch:
         roofline.update(torch_gflops=flops / float(np.median(gemm_torch)),
                         torch_rounds=[flops / t for t in gemm_torch])
@@ -432,23 +445,30 @@ def machine() -> Dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def table(rows: List[Dict], roofline: float) -> str:
-    torch_rate = {r["model"]: r["examples_per_s"] for r in rows if r["side"] == "torch-rechub"}
+def table(rows: List[Dict], roofline: Dict) -> str:
+    """The results table; each row's % is of the GEMM roofline in its own precision (the
+    bfloat16 GEMM for ``mixed_bfloat16`` rows, where it was measured)."""
+    def row_roofline(policy):
+        if policy == "mixed_bfloat16" and "tensorflow_bfloat16_gflops" in roofline:
+            return roofline["tensorflow_bfloat16_gflops"]
+        return roofline["tensorflow_gflops"]
+
+    torch_rate = {(r["model"], r.get("policy", "float32")): r["examples_per_s"]
+                  for r in rows if r["side"] == "torch-rechub"}
     lines = ["| model | side | scenarios | examples/s (median of rounds) | slowest - fastest round "
              "| step ms | train MFLOP/example | GFLOP/s | % of GEMM roofline | ours / torch-rechub |",
              "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         ratio = ""
         policy = r.get("policy", "float32")
-        if (r["side"] == "ours" and r["scenarios"] == 1 and r["model"] in torch_rate
-                and policy == "float32"):
-            ratio = f"{r['examples_per_s'] / torch_rate[r['model']]:.2f}x"
+        if r["side"] == "ours" and r["scenarios"] == 1 and (r["model"], policy) in torch_rate:
+            ratio = f"{r['examples_per_s'] / torch_rate[r['model'], policy]:.2f}x"
         name = r["model"] if policy == "float32" else f"{r['model']} ({policy})"
         low, high = r["spread"]
         lines.append(f"| {name} | {r['side']} | {r['scenarios']} | "
                      f"{r['examples_per_s']:,.0f} | {low:,.0f} - {high:,.0f} | {r['step_ms']:.1f} | "
                      f"{r['train_flops_per_example'] / 1e6:.2f} | {r['gflops_per_s']:.0f} | "
-                     f"{100 * r['gflops_per_s'] / roofline:.0f}% | {ratio} |")
+                     f"{100 * r['gflops_per_s'] / row_roofline(policy):.0f}% | {ratio} |")
     return "\n".join(lines)
 
 
@@ -523,17 +543,22 @@ def main(argv: Optional[List[str]] = None) -> None:
                 if os.path.exists(args.torch_python):
                     path = os.path.join(tmp, "data.npz")
                     np.savez(path, vocab_sizes=np.asarray(vocab_sizes()), **data)
+                    torch_policies = [p for p in args.policies if p in TORCH_PRECISIONS]
                     torch_runner = TorchRunner(args.torch_python, path, wanted, args.batch_size,
-                                               args.warmup, args.threads, log)
-                    runners += [torch_runner.runner(m) for m in wanted]
-                    print(f"built torch-rechub {' '.join(wanted)}", flush=True)
+                                               args.warmup, args.threads, log, torch_policies)
+                    runners += [torch_runner.runner(m, p) for m in wanted for p in torch_policies]
+                    print(f"built torch-rechub {' '.join(wanted)} ({', '.join(torch_policies)})",
+                          flush=True)
                 else:
                     print(f"no {args.torch_python}: run benchmarks/setup_torch_env.sh "
                           "for the torch-rechub side")
-        gemm_seconds()  # trace and warm the roofline's matmul
+        bfloat16 = "mixed_bfloat16" in args.policies
+        gemm_seconds()  # trace and warm the roofline's matmuls
+        if bfloat16:
+            gemm_seconds(dtype="bfloat16")
         try:
             rows, roofline_info = run_interleaved(runners, args.rounds, args.steps,
-                                                  args.batch_size, torch_runner)
+                                                  args.batch_size, torch_runner, bfloat16)
         finally:
             if torch_runner is not None:
                 torch_runner.close()
@@ -545,11 +570,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     roofline = roofline_info["tensorflow_gflops"]
     if any(r["side"] == "torch-rechub" for r in rows):
         info["torch"] = next(r["versions"] for r in rows if r["side"] == "torch-rechub")
-    text = table(rows, roofline)
-    torch_gemm = (f", torch {roofline_info['torch_gflops']:.0f}" if "torch_gflops" in roofline_info
+    text = table(rows, roofline_info)
+    other_gemms = (f", torch {roofline_info['torch_gflops']:.0f}" if "torch_gflops" in roofline_info
                   else "")
+    if "tensorflow_bfloat16_gflops" in roofline_info:
+        other_gemms += (f", TensorFlow bfloat16 {roofline_info['tensorflow_bfloat16_gflops']:.0f} "
+                       "(the roofline of the mixed_bfloat16 rows)")
     print(f"\nGEMM roofline (4096^3 fp32, median of {args.rounds} rounds): TensorFlow "
-          f"{roofline:.0f} GFLOP/s{torch_gemm}; load average {info['load_average_1m_start']} at "
+          f"{roofline:.0f} GFLOP/s{other_gemms}; load average {info['load_average_1m_start']} at "
           f"the start, {info['load_average_1m']} at the end\n")
     print(text)
 
@@ -567,7 +595,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     f"Batch {args.batch_size}, Adam, data in memory; {args.rounds} interleaved "
                     f"rounds of {args.steps} steps per model after {args.warmup} warm-up steps, "
                     f"median of the rounds. GEMM roofline {roofline:.0f} GFLOP/s (4096^3 fp32 "
-                    f"matmul in TF, once per round, median{torch_gemm.replace(', torch', '; torch')}"
+                    f"matmul in TF, once per round, median{other_gemms.replace(', torch', '; torch')}"
                     f"). Load average {info['load_average_1m_start']} at the start, "
                     f"{info['load_average_1m']} at the end: the machine was shared with other "
                     f"jobs, so absolute figures are noisy; the same-run ratios are the figures "
