@@ -152,6 +152,8 @@ def test_temperature_schedule_reaches_the_final_temperature():
     ({"heldout_fraction": "10%"}, "heldout_fraction"),
     ({"heldout_tolerance": -1}, "heldout_tolerance"),
     ({"heldout_tolerance": None}, "heldout_tolerance"),
+    ({"shadow_fields": -1}, "shadow_fields"),
+    ({"shadow_fields": 1.5}, "shadow_fields"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
     with pytest.raises(ValueError, match=key):
@@ -338,9 +340,10 @@ def test_heldout_rule_keeps_the_planted_fields_and_scores_unsearched_rows():
 
 
 def test_heldout_rule_does_not_take_an_over_pruned_last_epoch():
-    # A pull strong enough to prune every field by the last epoch (tau fixed at 1).
+    # A pull strong enough to prune every field by the last epoch (tau fixed at 1), with
+    # the paper's value-coverage cut (no shadow fields).
     params = {"search_epochs": 10, "sparsity_weight": 2e-2, "final_temperature": 1.0,
-              "seed": 3, "heldout_fraction": 0.2}
+              "seed": 3, "heldout_fraction": 0.2, "shadow_fields": 0}
     result = search(batches_of(*planted_data()), VOCAB, 2, 2, params)
     d = result.diagnostics
     assert np.all(np.array(d["field_mask"][-1]) == 0)  # the paper's cut keeps nothing
@@ -349,3 +352,93 @@ def test_heldout_rule_does_not_take_an_over_pruned_last_epoch():
     losses = np.array(d["heldout_loss"])
     for s, epoch in enumerate(d["chosen_epoch"]):
         assert losses[epoch, s] < losses[-1, s] - 0.1  # the pruned epochs lost on held-out rows
+
+
+def test_shadow_fields_copy_each_fields_traffic_per_scenario_and_are_fixed_per_row():
+    rng = np.random.default_rng(0)
+    vocab = [4, 50, 5000]
+    rows = 40000
+    scenario_id = rng.integers(0, 2, rows)
+    # Field 0's distribution differs by scenario; field 1 is Zipf-like; field 2 is id-like,
+    # so that rows are nearly all distinct (shadows are fixed per row content, so rows
+    # that repeat draw the same shadow values).
+    field_ids = np.stack([np.where(scenario_id == 0, rng.choice(4, rows, p=[.7, .1, .1, .1]),
+                                   rng.choice(4, rows, p=[.1, .1, .1, .7])),
+                          np.minimum(rng.zipf(1.5, rows) - 1, 49),
+                          rng.integers(0, 5000, rows)], 1)
+    shadows = multifs._ShadowFields(vocab, num_scenarios=2, per_field=2, seed=0)
+    assert shadows.search_vocab_sizes == vocab * 3
+    shadows.fit([(field_ids[:20000], scenario_id[:20000]), (field_ids[20000:], scenario_id[20000:])])
+    extended = shadows.extend(field_ids, scenario_id)
+    assert extended.shape == (rows, 9)
+    np.testing.assert_array_equal(extended[:, :3], field_ids)
+    for j in range(2):
+        for f, v in enumerate(vocab[:2]):
+            shadow = extended[:, 3 * (1 + j) + f]
+            assert shadow.min() >= 0 and shadow.max() < v
+            for s in range(2):
+                own = scenario_id == s
+                real = np.bincount(field_ids[own, f], minlength=v) / own.sum()
+                copy = np.bincount(shadow[own], minlength=v) / own.sum()
+                assert np.abs(real - copy).max() < 0.02  # the same traffic per value
+            # ... but not the same values row by row.
+            assert np.mean(shadow == field_ids[:, f]) < 0.7
+    # A function of the row's content: the same shadows in any order, for duplicates too.
+    order = rng.permutation(rows)
+    np.testing.assert_array_equal(shadows.extend(field_ids[order], scenario_id[order]),
+                                  extended[order])
+    # Two shadows of one field are different draws.
+    assert np.mean(extended[:, 4] == extended[:, 7]) < 0.2
+
+
+def test_field_decision_keeps_a_field_only_above_all_its_shadows_logits():
+    # 2 fields of 2 values each, 2 shadows per field; one scenario with traffic, one without.
+    search_vocab = [2, 2] * 3
+    counts = np.array([[10, 30] * 6, [0, 0] * 6], float)
+    logits = np.array([[0.9, 0.9, 0.5, 0.5,   0.2, 0.4, 0.5, 0.5,   0.3, 0.3, 0.6, 0.4],
+                       [1.0] * 12])
+    soft = np.ones_like(logits)  # saturated gates: they cannot tell the fields apart
+    hard = (logits > 0.45).astype(float)
+    d = multifs._field_decision(counts, hard, soft, logits, search_vocab, num_fields=2,
+                                min_value_coverage=0.5)
+    np.testing.assert_allclose(d["logit_scores"][0], [0.9, 0.5])
+    np.testing.assert_allclose(d["shadow_logit_scores"][0], [[0.35, 0.5], [0.3, 0.45]])
+    np.testing.assert_allclose(d["scores"][0], [1.0, 1.0])
+    np.testing.assert_allclose(d["coverage"][0], [1.0, 1.0])
+    assert d["kept"][0].tolist() == [True, False]  # field 1 only ties its first shadow
+    assert np.all(np.isnan(d["logit_scores"][1])) and not d["kept"][1].any()
+    # Without shadows, the value-coverage cut decides.
+    d = multifs._field_decision(counts[:, :4], hard[:, :4], soft[:, :4], logits[:, :4],
+                                search_vocab[:2], 2, 0.5)
+    assert d["shadow_logit_scores"].shape == (2, 0, 2) and d["kept"][0].tolist() == [True, True]
+
+
+def few_valued_noise_data(rows=6000, seed=0):
+    """Field 0 (6 values) drives the labels in both scenarios; field 1 (3 values, every
+    value frequent) is noise."""
+    rng = np.random.default_rng(seed)
+    field_ids = np.stack([rng.integers(0, 6, rows), rng.integers(0, 3, rows)], 1)
+    scenario_id = rng.integers(0, 2, rows)
+    logit = np.array([2.0, -2.0, 1.5, -1.5, 1.0, -1.0])[field_ids[:, 0]] - 0.5
+    labels = np.stack([rng.random(rows) < sigmoid(logit),
+                       rng.random(rows) < sigmoid(logit - 1.0)], 1).astype(np.float32)
+    return field_ids, scenario_id, labels
+
+
+def test_shadow_fields_drop_a_few_valued_noise_field_the_coverage_cut_keeps():
+    # The failure the shadows fix: a frequent value's gate is not pulled shut, so the
+    # value-coverage cut keeps every field whose few values are all frequent.
+    data = few_valued_noise_data()
+    params = {"search_epochs": 5, "seed": 0}
+    by_coverage = search(batches_of(*data), [6, 3], 2, 2, params)  # shadow_fields 0
+    assert np.all(by_coverage.mask == 1)
+    result = search(batches_of(*data), [6, 3], 2, 2, {**params, "shadow_fields": 5})
+    assert np.all(result.mask[:, :, 0] == 1) and np.all(result.mask[:, :, 1] == 0)
+    d = result.diagnostics
+    shadow = np.array(d["shadow_logit_scores"])  # [S, K, F]
+    assert shadow.shape == (2, 5, 2)
+    assert np.all(np.array(d["logit_scores"])[:, 0] > shadow[:, :, 0].max(1))
+    # Every value gate is open: the coverage, and the gates, tie the fields.
+    np.testing.assert_allclose(d["value_coverage"], 1.0)
+    # The value masks cover the fields' vocabularies only, not the shadows'.
+    assert [m.shape for m in result.value_masks] == [(2, 6), (2, 3)]

@@ -58,12 +58,32 @@ Multi-task: a shared bottom MLP over the gated embeddings feeds one tower per
 (scenario, task); the gates are per scenario, shared by that scenario's tasks
 (as in the paper). Batches are streamed: ``batches_fn()`` is called once per epoch.
 
-Field-level output (``SelectorResult.mask``): field ``f`` is kept on scenario
-``s``'s paths iff the values kept in ``s`` carry at least ``min_value_coverage``
-of ``s``'s traffic on ``f`` (counted during the search). ``scores`` is the
-traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch (at its
-temperature) over the field's values, divided by its maximum ``scaling / sigmoid(0.5)``, so
-in ``[0, 1]``. Both are the same for every task of a scenario.
+Field-level output (``SelectorResult.mask``), a second deviation: the paper stops at
+value masks, and a field decision read off them (keep field ``f`` on scenario ``s``'s
+paths iff the values kept in ``s`` carry at least ``min_value_coverage`` of its traffic,
+``shadow_fields: 0``) keeps every field whose few values are all frequent, relevant or
+not, since the gates prune by frequency. So, as Boruta does (Kursa and Rudnicki, 2010),
+every field gets ``shadow_fields`` shadow copies in the search (``_ShadowFields``): each
+row's shadow value is drawn from the field's own value distribution in the row's scenario
+at a number hashed from the row, so a shadow has the field's values and traffic and no
+relation to the labels, and the same value on every pass. The shadows go through the same
+gates, pull and network. Field ``f`` is kept on scenario ``s``'s paths iff its logit score
+(the traffic-weighted mean over its values of the logit behind ``G^s``) exceeds every one
+of its shadows'. A shadow shares its field's frequency profile, so the comparison cancels
+what frequency does to the gates; it is also stable over the search length, where the
+coverage cut falls with every epoch (benchmarks/RESULTS.md, session 7). Logits rather than
+gates, because at the final temperature the open gates saturate at one value and a field
+of a few frequent values ties its shadows whether it matters or not. The value masks
+(``value_masks``) are the hard gates of the fields' own rows, as in the paper. Off by
+default (``shadow_fields: 0``): on the synthetic benchmark the shadows lift the planted-field
+F1 from 0.868 to about 0.90, but the fields they drop cost AUC that the coverage cut does
+not (benchmarks/RESULTS.md, session 7).
+
+``scores`` is the traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch
+(at its temperature) over the field's values, divided by its maximum ``scaling /
+sigmoid(0.5)``, so in ``[0, 1]``; ``diagnostics["logit_scores"]`` and
+``["shadow_logit_scores"]`` hold the figures the field decision compared. All are the
+same for every task of a scenario.
 """
 
 import math
@@ -92,6 +112,7 @@ DEFAULT_PARAMS: Dict[str, Any] = {
     "embedding_dim": 8,
     "hidden_units": [64],
     "tower_units": 16,
+    "shadow_fields": 0,
     "min_value_coverage": 0.5,
     "max_steps_per_epoch": None,
     "heldout_fraction": 0.0,
@@ -207,6 +228,14 @@ class HierarchicalValueGate(keras.layers.Layer):
         q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
         return q_sh * g_shared + (1.0 - q_sh) * g_scenarios
 
+    def gate_logits(self):
+        """The logits behind ``G^k`` ``[num_scenarios, num_rows]``: ``g_c^sh`` where the hard
+        shared gate is open, else ``g_c^k`` (they keep their scale where tau saturates
+        the gates)."""
+        g_shared, _ = self.continuous_gates()
+        q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
+        return q_sh * self.shared_logits + (1.0 - q_sh) * self.scenario_logits
+
     def get_config(self):
         return {**super().get_config(), "vocab_sizes": self.vocab_sizes,
                 "num_scenarios": self.num_scenarios, "scaling": self.scaling,
@@ -292,6 +321,7 @@ CHECKS = {
     "hidden_units": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                      and all(_is_int(u, 1) for u in v), "a non-empty list of integers >= 1"),
     "tower_units": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "shadow_fields": (lambda v: _is_int(v, 0), "an integer >= 0 (0: the value-coverage rule)"),
     "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
     "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     "heldout_fraction": (lambda v: _is_number(v, 0.0, 1.0) and v < 1, "a number in [0, 1)"),
@@ -322,9 +352,11 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     """Runs the MultiFS search and returns hard value masks per scenario and the field selection.
 
     ``batches_fn()`` yields ``(field_ids int [B, F], scenario_id int [B], labels float [B, T])``;
-    rows of the unseen-scenario id (``>= num_scenarios``) are skipped. Traffic per value
-    is counted on the first epoch; a scenario with no rows there keeps every value and
-    field, with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated by ``resolve_params``).
+    rows of the unseen-scenario id (``>= num_scenarios``) are skipped. With shadow fields,
+    one pass before the search counts each field's values per scenario for the shadows.
+    Traffic per value is counted on the first epoch; a scenario with no rows there keeps
+    every value and field, with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated
+    by ``resolve_params``).
 
     Diagnostics, one entry per epoch: ``temperature``, ``threshold`` (after the epoch),
     ``loss`` (mean total objective), ``steps``, ``seconds``, ``kept_value_fraction``
@@ -332,8 +364,10 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     ``shared_value_fraction`` (hard ``g^sh``), ``kept_fields`` and ``field_mask``
     (per scenario), ``heldout_loss`` (per scenario; empty without held-out rows); then
     ``chosen_epoch`` and ``heldout_rows`` (per scenario), ``final_temperature``,
-    ``final_threshold``, ``value_coverage`` ``[S, F]`` and ``scenario_rows`` (all rows,
-    held-out included), ``search_seconds``. ``steps`` counts batches with searched rows.
+    ``final_threshold``, ``value_coverage``, ``logit_scores`` (``[S, F]``) and
+    ``shadow_logit_scores`` (``[S, K, F]``) of the chosen epochs, ``scenario_rows`` (all
+    rows, held-out included), ``search_seconds``. The per-epoch figures are of the fields,
+    not their shadows; ``kept_fields`` and ``field_mask`` follow the field decision in use. ``steps`` counts batches with searched rows.
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
@@ -346,12 +380,18 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     num_fields = len(vocab_sizes)
     started = time.perf_counter()
     keras.utils.set_random_seed(p["seed"])
+    shadows = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], p["seed"])
+    if shadows.per_field:
+        shadows.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
+                                         p["max_steps_per_epoch"]))
+    search_vocab = shadows.search_vocab_sizes  # the fields, then their shadows
+    search_fields = len(search_vocab)
     network = MultiFSSearchNetwork(
-        vocab_sizes, num_scenarios, num_tasks, embedding_dim=p["embedding_dim"],
+        search_vocab, num_scenarios, num_tasks, embedding_dim=p["embedding_dim"],
         hidden_units=p["hidden_units"], tower_units=p["tower_units"], scaling=p["scaling"],
         threshold_init=p["threshold_init"], sparsity_weight=p["sparsity_weight"],
         exclusivity_weight=p["exclusivity_weight"])
-    network((tf.zeros([1, num_fields], tf.int64), tf.zeros([1], tf.int64)))
+    network((tf.zeros([1, search_fields], tf.int64), tf.zeros([1], tf.int64)))
     gate = network.gate
     gate_vars = [gate.shared_logits, gate.scenario_logits]
     threshold_vars = [gate.threshold]
@@ -364,7 +404,7 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         optimizer.build(variables)  # slots before tracing, so train_step traces once
     lambda_shared = float(p["lambda_shared"])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
+    @tf.function(input_signature=[tf.TensorSpec([None, search_fields], tf.int64),
                                   tf.TensorSpec([None], tf.int64),
                                   tf.TensorSpec([None, num_tasks], tf.float32)])
     def train_step(field_ids, scenario_id, labels):
@@ -388,7 +428,7 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
             start += len(vs)
         return total
 
-    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
+    @tf.function(input_signature=[tf.TensorSpec([None, search_fields], tf.int64),
                                   tf.TensorSpec([None], tf.int64),
                                   tf.TensorSpec([None, num_tasks], tf.float32),
                                   tf.TensorSpec([num_scenarios, gate.num_rows], tf.float32)])
@@ -396,8 +436,9 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         logits = network.masked_logits(field_ids, scenario_id, keep)
         return tf.reduce_sum(_bce(labels, logits), -1)  # [B]
 
-    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
-    upper = np.asarray(vocab_sizes, np.int64) - 1
+    offsets = np.concatenate([[0], np.cumsum(search_vocab)[:-1]]).astype(np.int64)
+    upper = np.asarray(search_vocab, np.int64) - 1
+    real_rows = sum(vocab_sizes)  # the fields' rows come first in the search table
     counts = np.zeros([num_scenarios, gate.num_rows], np.float64)
     schedule = temperature_schedule(p["search_epochs"], p["final_temperature"])
     holdout = _RowHoldout(p["heldout_fraction"], num_fields, p["seed"])
@@ -406,7 +447,7 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                                 "seconds": [], "kept_value_fraction": [],
                                 "kept_traffic_fraction": [], "shared_value_fraction": [],
                                 "kept_fields": [], "field_mask": [], "heldout_loss": []}
-    hard_path, soft_path, heldout_losses = [], [], []  # per epoch
+    hard_path, soft_path, logit_path, heldout_losses = [], [], [], []  # per epoch
     norm = gate.scaling / _sigmoid(gate.initial_value)
     for epoch, tau in enumerate(schedule):
         epoch_start = time.perf_counter()
@@ -420,11 +461,14 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
             if scenario_id.shape[0] == 0:
                 continue
             ids, scenarios = field_ids.numpy(), scenario_id.numpy()
+            held = holdout.held_out(ids, scenarios)
+            if shadows.per_field:
+                ids = shadows.extend(ids, scenarios)
+                field_ids = tf.constant(ids)
             if epoch == 0:
                 rows = np.clip(ids, 0, upper) + offsets
                 flat = scenarios[:, None] * gate.num_rows + rows
                 counts += np.bincount(flat.ravel(), minlength=counts.size).reshape(counts.shape)
-            held = holdout.held_out(ids, scenarios)
             if held.any():
                 if epoch == 0:
                     heldout.append((ids[held], scenarios[held], labels.numpy()[held]))
@@ -441,8 +485,10 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         if epoch == 0 and heldout:
             heldout = [np.concatenate(part) for part in zip(*heldout)]
         hard, shared = (g.numpy() for g in gate.hard_gates())
+        soft, logits = gate.soft_gates().numpy() / norm, gate.gate_logits().numpy()
         hard_path.append(hard)
-        soft_path.append(gate.soft_gates().numpy() / norm)
+        soft_path.append(soft)
+        logit_path.append(logits)
         if heldout:
             heldout_losses.append(np.concatenate([
                 heldout_step(*(tf.constant(a[i:i + _HELDOUT_BATCH]) for a in heldout),
@@ -456,11 +502,14 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
         history["steps"].append(steps)
         history["seconds"].append(time.perf_counter() - epoch_start)
-        history["kept_value_fraction"].append(hard.mean(axis=1).tolist())
+        real = slice(0, real_rows)
+        history["kept_value_fraction"].append(hard[:, real].mean(axis=1).tolist())
         history["kept_traffic_fraction"].append(
-            (np.sum(counts * hard, 1) / np.maximum(counts.sum(1), 1)).tolist())
-        history["shared_value_fraction"].append(float(shared.mean()))
-        kept = _field_mask(counts, hard, offsets, vocab_sizes, p["min_value_coverage"])
+            (np.sum(counts[:, real] * hard[:, real], 1)
+             / np.maximum(counts[:, real].sum(1), 1)).tolist())
+        history["shared_value_fraction"].append(float(shared[real].mean()))
+        kept = _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
+                               p["min_value_coverage"])["kept"]
         history["kept_fields"].append(kept.sum(1).tolist())
         history["field_mask"].append(kept.astype(int).tolist())
     gate.temperature.assign(float(p["final_temperature"]))
@@ -475,21 +524,15 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                                          history["kept_fields"], s, p["heldout_tolerance"])
     hard = np.stack([hard_path[e][s] for s, e in enumerate(chosen)])
     soft = np.stack([soft_path[e][s] for s, e in enumerate(chosen)])
+    logits = np.stack([logit_path[e][s] for s, e in enumerate(chosen)])
+    decision = _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
+                               p["min_value_coverage"])
+    coverage, scores, field_mask = decision["coverage"], decision["scores"], decision["kept"]
     seen = counts.sum(1) > 0  # [S]
     hard[~seen] = 1.0
-    coverage = np.full([num_scenarios, num_fields], np.nan)
-    scores = np.full([num_scenarios, num_fields], np.nan)
-    for f, (start, size) in enumerate(zip(offsets, vocab_sizes)):
-        traffic = counts[:, start:start + size]  # [S, V_f]
-        total = traffic.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            coverage[:, f] = np.where(seen, (traffic * hard[:, start:start + size]).sum(1) / total,
-                                      np.nan)
-            scores[:, f] = np.where(seen, (traffic * soft[:, start:start + size]).sum(1) / total,
-                                    np.nan)
-    field_mask = np.where(np.isnan(coverage), 1.0, coverage >= p["min_value_coverage"])
+    field_mask = np.where(seen[:, None], field_mask, 1.0)
     value_masks = [hard[:, start:start + size].astype(np.float32)
-                   for start, size in zip(offsets, vocab_sizes)]
+                   for start, size in zip(offsets, vocab_sizes)]  # the fields' rows only
     diagnostics = {
         **history,
         "chosen_epoch": chosen,
@@ -498,7 +541,9 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
         "final_temperature": float(gate.temperature.numpy()),
         "final_threshold": float(gate.threshold.numpy()),
         "value_coverage": coverage.tolist(),
-        "scenario_rows": [float(c) / num_fields for c in counts.sum(1)],
+        "logit_scores": decision["logit_scores"].tolist(),
+        "shadow_logit_scores": decision["shadow_logit_scores"].tolist(),
+        "scenario_rows": [float(c) / search_fields for c in counts.sum(1)],
         "search_seconds": time.perf_counter() - started,
     }
     return SelectorResult(
@@ -535,15 +580,57 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def _field_mask(counts, hard, offsets, vocab_sizes, min_value_coverage):
-    """``[S, F]`` bool: the kept values carry at least ``min_value_coverage`` of the traffic."""
-    coverage = np.stack([
-        (counts[:, a:a + v] * hard[:, a:a + v]).sum(1) / np.maximum(counts[:, a:a + v].sum(1), 1)
-        for a, v in zip(offsets, vocab_sizes)], 1)
-    return coverage >= min_value_coverage
+def _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
+                    min_value_coverage) -> Dict[str, np.ndarray]:
+    """Which fields each scenario keeps, and the per-field figures behind it.
+
+    ``counts``, ``hard``, ``soft``, ``logits``: ``[S, rows]`` over the search table (the
+    ``num_fields`` fields' rows, then ``K`` blocks of shadow rows): value traffic, hard
+    gates, continuous gates ``G^k`` and their logits (``HierarchicalValueGate.gate_logits``).
+    Returns ``coverage`` (share of the field's traffic on values ``hard`` keeps),
+    ``scores`` and ``logit_scores`` (traffic-weighted means of ``soft`` and ``logits``),
+    all ``[S, F]``, ``shadow_logit_scores`` ``[S, K, F]`` and ``kept`` ``[S, F]`` bool:
+    with shadows, a field is kept iff its logit score exceeds each of its shadows'; without,
+    iff ``coverage >= min_value_coverage``. Logits, not gates: at the final temperature
+    the gates of open values saturate at the same maximum, so a field of a few frequent
+    values ties its shadows on the gates whether it matters or not. NaN (and kept False)
+    for a scenario without traffic.
+    """
+    S = counts.shape[0]
+    offsets = np.concatenate([[0], np.cumsum(search_vocab)[:-1]]).astype(np.int64)
+    figures = {name: np.full([S, len(search_vocab)], np.nan)
+               for name in ("coverage", "scores", "logit_scores")}
+    for f, (start, size) in enumerate(zip(offsets, search_vocab)):
+        traffic = counts[:, start:start + size]  # [S, V_f]
+        total = traffic.sum(1)
+        for name, per_value in (("coverage", hard), ("scores", soft), ("logit_scores", logits)):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                figures[name][:, f] = (traffic * per_value[:, start:start + size]).sum(1) / total
+    shadow = figures["logit_scores"][:, num_fields:].reshape(S, -1, num_fields)
+    result = {name: value[:, :num_fields] for name, value in figures.items()}
+    with np.errstate(invalid="ignore"):
+        if shadow.shape[1]:
+            result["kept"] = result["logit_scores"] > shadow.max(1)
+        else:
+            result["kept"] = result["coverage"] >= min_value_coverage
+    result["shadow_logit_scores"] = shadow
+    return result
 
 
 _HELDOUT_BATCH = 8192
+
+
+def _row_uniform(field_ids: np.ndarray, scenario_id: np.ndarray,
+                 multipliers: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) ``[B]`` hashed from each row's (field ids, scenario id) content."""
+    with np.errstate(over="ignore"):
+        keys = np.concatenate([field_ids.astype(np.uint64),
+                               scenario_id.astype(np.uint64)[:, None]], 1)
+        h = (keys * multipliers).sum(1, dtype=np.uint64)
+        h ^= h >> np.uint64(31)  # splitmix64 finaliser
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
 
 
 class _RowHoldout:
@@ -562,14 +649,72 @@ class _RowHoldout:
         """Bool ``[B]``."""
         if self.fraction <= 0:
             return np.zeros(len(scenario_id), bool)
-        with np.errstate(over="ignore"):
-            keys = np.concatenate([field_ids.astype(np.uint64),
-                                   scenario_id.astype(np.uint64)[:, None]], 1)
-            h = (keys * self.multipliers).sum(1, dtype=np.uint64)
-            h ^= h >> np.uint64(31)  # splitmix64 finaliser
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(27)
-        return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < self.fraction
+        return _row_uniform(field_ids, scenario_id, self.multipliers) < self.fraction
+
+
+class _ShadowFields:
+    """``per_field`` shadow copies of every field, searched beside it (Boruta's shadows).
+
+    Shadow ``j`` of field ``f`` gives each row a value drawn from ``f``'s value
+    distribution in the row's scenario (counted by ``fit``) at a number hashed from the
+    row's content: the same values and traffic per value as ``f``, no relation to the
+    labels but chance, and the same value for a row on every pass (so the search network
+    can memorise a shadow as it can a real noise field). Rows of the same content draw the
+    same shadow values, so the shadows follow their field's traffic as far as rows are
+    distinct (on recommendation logs nearly all are).
+    """
+
+    def __init__(self, vocab_sizes: Sequence[int], num_scenarios: int, per_field: int,
+                 seed: int):
+        self.vocab_sizes = [int(v) for v in vocab_sizes]
+        self.num_scenarios, self.per_field = int(num_scenarios), int(per_field)
+        rng = np.random.default_rng([seed, 0x5AD0])
+        num_fields = len(self.vocab_sizes)
+        self.multipliers = rng.integers(1, 2 ** 63, size=(self.per_field * num_fields,
+                                                          num_fields + 1), dtype=np.uint64) | 1
+        self.cdfs: List[np.ndarray] = []
+
+    @property
+    def search_vocab_sizes(self) -> List[int]:
+        """The fields' vocabulary sizes, then each block of shadows' (the same sizes)."""
+        return self.vocab_sizes * (1 + self.per_field)
+
+    def fit(self, batches) -> None:
+        """Counts each field's values per scenario over ``(field_ids, scenario_id)`` batches."""
+        S = self.num_scenarios
+        counts = [np.zeros([S, v]) for v in self.vocab_sizes]
+        for field_ids, scenario_id in batches:
+            for f, v in enumerate(self.vocab_sizes):
+                flat = scenario_id * v + np.clip(field_ids[:, f], 0, v - 1)
+                counts[f] += np.bincount(flat, minlength=S * v).reshape(S, v)
+        self.cdfs = [np.cumsum(c, 1) / np.maximum(c.sum(1, keepdims=True), 1) for c in counts]
+
+    def extend(self, field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
+        """``[B, F]`` -> ``[B, F * (1 + per_field)]``: the row's fields, then its shadows
+        (shadow ``j`` of field ``f`` in column ``F * (1 + j) + f``)."""
+        num_fields = len(self.vocab_sizes)
+        blocks = [field_ids]
+        for j in range(self.per_field):
+            block = np.empty_like(field_ids)
+            for f, v in enumerate(self.vocab_sizes):
+                u = _row_uniform(field_ids, scenario_id, self.multipliers[j * num_fields + f])
+                for s in np.unique(scenario_id):
+                    rows = scenario_id == s
+                    block[rows, f] = np.searchsorted(self.cdfs[f][s], u[rows], side="right")
+                block[:, f] = np.minimum(block[:, f], v - 1)
+            blocks.append(block)
+        return np.concatenate(blocks, 1)
+
+
+def _known_numpy_batches(batches_fn: BatchesFn, num_scenarios: int, num_fields: int,
+                         num_tasks: int, max_batches: Optional[int]):
+    """``(field_ids, scenario_id)`` numpy batches of the known-scenario rows of one pass."""
+    for i, (field_ids, scenario_id, labels) in enumerate(batches_fn()):
+        if max_batches is not None and i >= max_batches:
+            return
+        field_ids, scenario_id, _ = _known_rows(field_ids, scenario_id, labels, num_scenarios,
+                                                num_fields, num_tasks)
+        yield field_ids.numpy(), scenario_id.numpy()
 
 
 def _known_rows(field_ids, scenario_id, labels, num_scenarios, num_fields, num_tasks):
