@@ -76,8 +76,9 @@ gates, because at the final temperature the open gates saturate at one value and
 of a few frequent values ties its shadows whether it matters or not. The value masks
 (``value_masks``) are the hard gates of the fields' own rows, as in the paper. Off by
 default (``shadow_fields: 0``): on the synthetic benchmark the shadows lift the planted-field
-F1 from 0.868 to about 0.90, but the fields they drop cost AUC that the coverage cut does
-not (benchmarks/RESULTS.md, session 7).
+F1 from 0.871 to 0.897 (mean of 8 selector seeds), but the search beside them prunes more
+of the fields' values, and the Trainer's value masks then cost 0.012 AUC where the
+coverage cut gains 0.008 (benchmarks/RESULTS.md, session 7).
 
 ``scores`` is the traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch
 (at its temperature) over the field's values, divided by its maximum ``scaling /
@@ -367,7 +368,8 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     ``final_threshold``, ``value_coverage``, ``logit_scores`` (``[S, F]``) and
     ``shadow_logit_scores`` (``[S, K, F]``) of the chosen epochs, ``scenario_rows`` (all
     rows, held-out included), ``search_seconds``. The per-epoch figures are of the fields,
-    not their shadows; ``kept_fields`` and ``field_mask`` follow the field decision in use. ``steps`` counts batches with searched rows.
+    not their shadows; ``kept_fields`` and ``field_mask`` follow the field decision in use.
+    ``steps`` counts batches with searched rows.
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
