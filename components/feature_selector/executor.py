@@ -144,7 +144,14 @@ def validate_params(method: str, params: Optional[Mapping[str, Any]]) -> None:
 
 def make_batches_fn(examples_uri: str, tft_output: tft.TFTransformOutput, spec: DatasetSpec,
                     batch_size: int, seed: int) -> BatchesFn:
-    """A fresh shuffled pass over Transform's train split per call (the same order for a seed)."""
+    """A fresh shuffled pass over Transform's train split per call (the same order for a seed).
+
+    The shuffle's order depends on TensorFlow's global seed when the dataset is built, so it
+    is set to ``seed`` first (as every selector then does): the passes depend on ``seed``
+    alone, not on what ran earlier in the process (the local runner runs the components in
+    one process; a benchmark trains models before it selects).
+    """
+    tf.random.set_seed(seed)
     dataset = data.make_dataset(data.transformed_files(examples_uri, "train"), tft_output, spec,
                                 batch_size, shuffle=True, seed=seed)
     fields, tasks = spec.field_names, spec.task_names
