@@ -76,7 +76,7 @@ gates, because at the final temperature the open gates saturate at one value and
 of a few frequent values ties its shadows whether it matters or not. The value masks
 (``value_masks``) are the hard gates of the fields' own rows, as in the paper. Off by
 default (``shadow_fields: 0``): on the synthetic benchmark the shadows lift the planted-field
-F1 from 0.871 to 0.897 (mean of 8 selector seeds), but the search beside them prunes more
+F1 from 0.868 to 0.895 (mean of 8 selector seeds), but the search beside them prunes more
 of the fields' values, and the Trainer's value masks then cost 0.012 AUC where the
 coverage cut gains 0.008 (benchmarks/RESULTS.md, session 7).
 
