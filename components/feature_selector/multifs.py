@@ -622,12 +622,14 @@ def _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
 _HELDOUT_BATCH = 8192
 
 
-def _row_uniform(field_ids: np.ndarray, scenario_id: np.ndarray,
-                 multipliers: np.ndarray) -> np.ndarray:
-    """A number in [0, 1) ``[B]`` hashed from each row's (field ids, scenario id) content."""
+def _row_keys(field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
+    """``[B, F + 1]`` uint64: each row's content (field ids, scenario id), for ``_row_uniform``."""
+    return np.concatenate([field_ids.astype(np.uint64), scenario_id.astype(np.uint64)[:, None]], 1)
+
+
+def _row_uniform(keys: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) ``[B]`` hashed from each row's ``keys`` (``_row_keys``)."""
     with np.errstate(over="ignore"):
-        keys = np.concatenate([field_ids.astype(np.uint64),
-                               scenario_id.astype(np.uint64)[:, None]], 1)
         h = (keys * multipliers).sum(1, dtype=np.uint64)
         h ^= h >> np.uint64(31)  # splitmix64 finaliser
         h *= np.uint64(0xBF58476D1CE4E5B9)
@@ -651,7 +653,7 @@ class _RowHoldout:
         """Bool ``[B]``."""
         if self.fraction <= 0:
             return np.zeros(len(scenario_id), bool)
-        return _row_uniform(field_ids, scenario_id, self.multipliers) < self.fraction
+        return _row_uniform(_row_keys(field_ids, scenario_id), self.multipliers) < self.fraction
 
 
 class _ShadowFields:
@@ -695,13 +697,14 @@ class _ShadowFields:
         """``[B, F]`` -> ``[B, F * (1 + per_field)]``: the row's fields, then its shadows
         (shadow ``j`` of field ``f`` in column ``F * (1 + j) + f``)."""
         num_fields = len(self.vocab_sizes)
+        keys = _row_keys(field_ids, scenario_id)
+        groups = [(s, scenario_id == s) for s in np.unique(scenario_id)]
         blocks = [field_ids]
         for j in range(self.per_field):
             block = np.empty_like(field_ids)
             for f, v in enumerate(self.vocab_sizes):
-                u = _row_uniform(field_ids, scenario_id, self.multipliers[j * num_fields + f])
-                for s in np.unique(scenario_id):
-                    rows = scenario_id == s
+                u = _row_uniform(keys, self.multipliers[j * num_fields + f])
+                for s, rows in groups:
                     block[rows, f] = np.searchsorted(self.cdfs[f][s], u[rows], side="right")
                 block[:, f] = np.minimum(block[:, f], v - 1)
             blocks.append(block)
