@@ -19,8 +19,9 @@ the executor runs it (``executor.run_method``), and:
         [--methods multisfs multifs mi ...] [--model mmoe] [--seeds 0] [--epochs 4]
         [--param multisfs.compress_ratio=0.3 ...]
 
-Prints the tables, saves them as JSON beside RESULTS.md and appends them, with the
-machine and date, to benchmarks/RESULTS.md.
+Prints the tables, saves them as JSON (``--json``, by default beside RESULTS.md) and
+appends them, with the machine and date, to benchmarks/RESULTS.md; ``--no-write`` only
+prints.
 """
 
 import argparse
@@ -126,7 +127,9 @@ def main(argv=None):
     parser.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="a selector parameter (YAML value), repeatable")
     parser.add_argument("--no-auc", action="store_true", help="selection quality and time only")
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--json", default=JSON_OUT, help="where the JSON report goes")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only: neither the JSON report nor RESULTS.md")
     args = parser.parse_args(argv)
     method_params = {m: {} for m in args.methods}
     for item in args.param:
@@ -184,8 +187,9 @@ def main(argv=None):
                 row["AUC vs none"] = row["mean AUC"] - baseline_auc
         report["datasets"][dataset] = {"summary": summary, "quality": quality, "auc": aucs}
         print(pd.DataFrame(summary).to_string(index=False))
-        with open(JSON_OUT, "w") as f:  # After every dataset: a later one may fail.
-            json.dump(report, f, indent=1, default=float)
+        if not args.no_write:  # After every dataset: a later one may fail.
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1, default=float)
     if not args.no_write:
         write_results(report)
 
