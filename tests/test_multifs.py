@@ -154,6 +154,7 @@ def test_temperature_schedule_reaches_the_final_temperature():
     ({"heldout_tolerance": None}, "heldout_tolerance"),
     ({"shadow_fields": -1}, "shadow_fields"),
     ({"shadow_fields": 1.5}, "shadow_fields"),
+    ({"shadow_rounds": 0}, "shadow_rounds"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
     with pytest.raises(ValueError, match=key):
@@ -430,15 +431,41 @@ def test_shadow_fields_drop_a_few_valued_noise_field_the_coverage_cut_keeps():
     # value-coverage cut keeps every field whose few values are all frequent.
     data = few_valued_noise_data()
     params = {"search_epochs": 5, "seed": 0}
-    by_coverage = search(batches_of(*data), [6, 3], 2, 2, params)  # shadow_fields 0
+    by_coverage = search(batches_of(*data), [6, 3], 2, 2, {**params, "shadow_fields": 0})
     assert np.all(by_coverage.mask == 1)
-    result = search(batches_of(*data), [6, 3], 2, 2, {**params, "shadow_fields": 5})
+    result = search(batches_of(*data), [6, 3], 2, 2,
+                    {**params, "shadow_fields": 5, "shadow_rounds": 2})
     assert np.all(result.mask[:, :, 0] == 1) and np.all(result.mask[:, :, 1] == 0)
     d = result.diagnostics
-    shadow = np.array(d["shadow_logit_scores"])  # [S, K, F]
-    assert shadow.shape == (2, 5, 2)
-    assert np.all(np.array(d["logit_scores"])[:, 0] > shadow[:, :, 0].max(1))
+    fields, shadows = d["round_logit_scores"], d["round_shadow_logit_scores"]
+    assert fields.shape == (2, 2, 2) and shadows.shape == (2, 2, 5, 2)  # [R, S, (K,) F]
+    assert len(d["round_seconds"]) == 2
+    assert np.all(fields[:, :, 0].mean(0) > shadows[:, :, :, 0].max(2).mean(0))
     # Every value gate is open: the coverage, and the gates, tie the fields.
     np.testing.assert_allclose(d["value_coverage"], 1.0)
-    # The value masks cover the fields' vocabularies only, not the shadows'.
+    # The value masks and scores are the search's without shadows (same seed), over the
+    # fields' vocabularies only; the per-epoch history is that search's too.
     assert [m.shape for m in result.value_masks] == [(2, 6), (2, 3)]
+    for with_shadows, without in zip(result.value_masks, by_coverage.value_masks):
+        np.testing.assert_array_equal(with_shadows, without)
+    np.testing.assert_allclose(result.scores, by_coverage.scores, rtol=1e-6)
+    assert d["field_mask"] == by_coverage.diagnostics["field_mask"]
+
+
+def test_shadow_decision_averages_fields_and_their_best_shadows_over_rounds():
+    # [R=3, S=2, F=2] field logit scores; [R, S, K=2, F] shadows.
+    fields = np.array([[[0.6, 0.2], [0.5, np.nan]],
+                       [[0.3, 0.2], [0.5, np.nan]],   # round 1: field 0 loses in scenario 0
+                       [[0.6, 0.2], [0.5, np.nan]]])
+    shadows = np.zeros([3, 2, 2, 2])
+    shadows[:, :, 0, :] = 0.4
+    shadows[:, :, 1, :] = 0.1
+    shadows[2, 1, 1, 0] = 0.9  # one round's best shadow beats field 0 in scenario 1 by far
+    kept = multifs.shadow_decision(fields, shadows)
+    # Scenario 0: field 0 averages 0.5 > 0.4 (kept although it lost round 1); field 1 never
+    # beats 0.4. Scenario 1: field 0 averages 0.5 against (0.4 + 0.4 + 0.9) / 3; field 1
+    # has no traffic (NaN).
+    assert kept.tolist() == [[True, False], [False, False]]
+    # One round is "beats every one of its shadows".
+    np.testing.assert_array_equal(multifs.shadow_decision(fields[1:2], shadows[1:2]),
+                                  [[False, False], [True, False]])

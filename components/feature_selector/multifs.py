@@ -63,28 +63,28 @@ value masks, and a field decision read off them (keep field ``f`` on scenario ``
 paths iff the values kept in ``s`` carry at least ``min_value_coverage`` of its traffic,
 ``shadow_fields: 0``) keeps every field whose few values are all frequent, relevant or
 not, since the gates prune by frequency. So, as Boruta does (Kursa and Rudnicki, 2010),
-every field gets ``shadow_fields`` shadow copies in the search (``_ShadowFields``): each
-row's shadow value is drawn from the field's own value distribution in the row's scenario
-at a number hashed from the row, so a shadow has the field's values and traffic and no
-relation to the labels, and the same value on every pass. The shadows go through the same
-gates, pull and network. Field ``f`` is kept on scenario ``s``'s paths iff its logit score
-(the traffic-weighted mean over its values of the logit behind ``G^s``) exceeds every one
-of its shadows'. A shadow shares its field's frequency profile, so the comparison cancels
-what frequency does to the gates; it is also stable over the search length, where the
-coverage cut falls with every epoch (benchmarks/RESULTS.md, session 7). Logits rather than
+``shadow_rounds`` further searches each put ``shadow_fields`` shadow copies beside every
+field (``_ShadowFields``): each row's shadow value is drawn from the field's own value
+distribution in the row's scenario at a number hashed from the row, so a shadow has the
+field's values and traffic and no relation to the labels, and the same value on every
+pass. The shadows go through the same gates, pull and network. Field ``f`` is kept on
+scenario ``s``'s paths iff its logit score (the traffic-weighted mean over its values of
+the logit behind ``G^s``), averaged over the rounds, exceeds the average over the rounds of
+its best shadow's (``shadow_decision``). A shadow shares its field's frequency profile, so
+the comparison cancels what frequency does to the gates; it is also stable over the search
+length, where the coverage cut falls with every epoch; the average over rounds takes out
+most of one search's noise (benchmarks/RESULTS.md, sessions 7 and 8). Logits rather than
 gates, because at the final temperature the open gates saturate at one value and a field
 of a few frequent values ties its shadows whether it matters or not. The value masks
-(``value_masks``) are the hard gates of the fields' own rows, as in the paper. Off by
-default (``shadow_fields: 0``): on the synthetic benchmark the shadows lift the planted-field
-F1 from 0.868 to 0.895 (mean of 8 selector seeds), but the search beside them prunes more
-of the fields' values, and the Trainer's value masks then cost 0.012 AUC where the
-coverage cut gains 0.008 (benchmarks/RESULTS.md, session 7).
+(``value_masks``) and ``scores`` always come from the search without shadows (the paper's
+search, ``seed``): 100 shadow columns change the search, which then prunes more of the
+fields' values, and those masks cost the Trainer 0.012 AUC on the synthetic benchmark.
 
 ``scores`` is the traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch
 (at its temperature) over the field's values, divided by its maximum ``scaling /
-sigmoid(0.5)``, so in ``[0, 1]``; ``diagnostics["logit_scores"]`` and
-``["shadow_logit_scores"]`` hold the figures the field decision compared. All are the
-same for every task of a scenario.
+sigmoid(0.5)``, so in ``[0, 1]``; ``diagnostics["round_logit_scores"]`` and
+``["round_shadow_logit_scores"]`` hold the figures the shadow decision compared. All are
+the same for every task of a scenario.
 """
 
 import math
@@ -113,7 +113,8 @@ DEFAULT_PARAMS: Dict[str, Any] = {
     "embedding_dim": 8,
     "hidden_units": [64],
     "tower_units": 16,
-    "shadow_fields": 0,
+    "shadow_fields": 5,
+    "shadow_rounds": 5,
     "min_value_coverage": 0.5,
     "max_steps_per_epoch": None,
     "heldout_fraction": 0.0,
@@ -323,6 +324,7 @@ CHECKS = {
                      and all(_is_int(u, 1) for u in v), "a non-empty list of integers >= 1"),
     "tower_units": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "shadow_fields": (lambda v: _is_int(v, 0), "an integer >= 0 (0: the value-coverage rule)"),
+    "shadow_rounds": (lambda v: _is_int(v, 1), "an integer >= 1 (searches with shadows)"),
     "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
     "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     "heldout_fraction": (lambda v: _is_number(v, 0.0, 1.0) and v < 1, "a number in [0, 1)"),
@@ -353,23 +355,27 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     """Runs the MultiFS search and returns hard value masks per scenario and the field selection.
 
     ``batches_fn()`` yields ``(field_ids int [B, F], scenario_id int [B], labels float [B, T])``;
-    rows of the unseen-scenario id (``>= num_scenarios``) are skipped. With shadow fields,
-    one pass before the search counts each field's values per scenario for the shadows.
-    Traffic per value is counted on the first epoch; a scenario with no rows there keeps
-    every value and field, with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated
-    by ``resolve_params``).
+    rows of the unseen-scenario id (``>= num_scenarios``) are skipped. Traffic per value is
+    counted on the first epoch; a scenario with no rows there keeps every value and field,
+    with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated by ``resolve_params``).
 
-    Diagnostics, one entry per epoch: ``temperature``, ``threshold`` (after the epoch),
-    ``loss`` (mean total objective), ``steps``, ``seconds``, ``kept_value_fraction``
-    and ``kept_traffic_fraction`` (per scenario, of the hard ``G^k``),
-    ``shared_value_fraction`` (hard ``g^sh``), ``kept_fields`` and ``field_mask``
-    (per scenario), ``heldout_loss`` (per scenario; empty without held-out rows); then
-    ``chosen_epoch`` and ``heldout_rows`` (per scenario), ``final_temperature``,
-    ``final_threshold``, ``value_coverage``, ``logit_scores`` (``[S, F]``) and
-    ``shadow_logit_scores`` (``[S, K, F]``) of the chosen epochs, ``scenario_rows`` (all
-    rows, held-out included), ``search_seconds``. The per-epoch figures are of the fields,
-    not their shadows; ``kept_fields`` and ``field_mask`` follow the field decision in use.
-    ``steps`` counts batches with searched rows.
+    The value search (the paper's, on the fields alone) gives the value masks, the scores
+    and, with ``shadow_fields: 0``, the field decision (value coverage). With
+    ``shadow_fields: K`` (default 5), ``shadow_rounds`` more searches (seeds ``seed + 1``,
+    ``seed + 2``, ...), each beside ``K`` fresh shadows of every field, decide the fields
+    (``shadow_decision``).
+
+    Diagnostics of the value search, one entry per epoch: ``temperature``, ``threshold``
+    (after the epoch), ``loss`` (mean total objective), ``steps`` (batches with searched
+    rows), ``seconds``, ``kept_value_fraction`` and ``kept_traffic_fraction`` (per
+    scenario, of the hard ``G^k``), ``shared_value_fraction`` (hard ``g^sh``),
+    ``kept_fields`` and ``field_mask`` (per scenario, by value coverage), ``heldout_loss``
+    (per scenario; empty without held-out rows); then ``chosen_epoch`` and ``heldout_rows``
+    (per scenario), ``final_temperature``, ``final_threshold``, ``value_coverage`` and
+    ``logit_scores`` (``[S, F]``) of the chosen epochs, ``scenario_rows`` (all rows,
+    held-out included). With shadows, per round: ``round_logit_scores`` ``[R, S, F]``,
+    ``round_shadow_logit_scores`` ``[R, S, K, F]``, ``round_seconds``. Last,
+    ``search_seconds`` (all searches).
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
@@ -381,11 +387,78 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                          f"{num_scenarios} and {num_tasks}")
     num_fields = len(vocab_sizes)
     started = time.perf_counter()
+    values = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks, p,
+                          _ShadowFields(vocab_sizes, num_scenarios, 0, p["seed"]))
+    figures = _field_decision(values["counts"], values["hard"], values["soft"], values["logits"],
+                              vocab_sizes, num_fields, p["min_value_coverage"])
+    field_mask = figures["kept"]
+    round_logits, round_shadow_logits, round_seconds = [], [], []
+    distributions = None  # each field's value distribution per scenario, for the shadows
+    for r in range(p["shadow_rounds"] if p["shadow_fields"] else 0):
+        round_start = time.perf_counter()
+        seed = p["seed"] + 1 + r
+        shadows = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], seed)
+        if distributions is None:
+            shadows.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
+                                             p["max_steps_per_epoch"]))
+            distributions = shadows.cdfs
+        shadows.cdfs = distributions
+        searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
+                                {**p, "seed": seed}, shadows)
+        decision = _field_decision(searched["counts"], searched["hard"], searched["soft"],
+                                   searched["logits"], shadows.search_vocab_sizes, num_fields,
+                                   p["min_value_coverage"])
+        round_logits.append(decision["logit_scores"])
+        round_shadow_logits.append(decision["shadow_logit_scores"])
+        round_seconds.append(time.perf_counter() - round_start)
+    rounds = {}
+    if round_seconds:
+        rounds = {"round_logit_scores": np.stack(round_logits),
+                  "round_shadow_logit_scores": np.stack(round_shadow_logits),
+                  "round_seconds": round_seconds}
+        field_mask = shadow_decision(rounds["round_logit_scores"],
+                                     rounds["round_shadow_logit_scores"])
+    seen = values["counts"].sum(1) > 0  # [S]
+    hard = np.where(seen[:, None], values["hard"], 1.0)
+    field_mask = np.where(seen[:, None], field_mask, 1.0)
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+    value_masks = [hard[:, start:start + size].astype(np.float32)
+                   for start, size in zip(offsets, vocab_sizes)]
+    diagnostics = {
+        **values["history"],
+        "value_coverage": figures["coverage"].tolist(),
+        "logit_scores": figures["logit_scores"].tolist(),
+        **rounds,
+        "search_seconds": time.perf_counter() - started,
+    }
+    return SelectorResult(
+        scores=np.repeat(figures["scores"][:, None, :], num_tasks, axis=1),
+        mask=np.repeat(field_mask[:, None, :], num_tasks, axis=1).astype(np.float32),
+        params=p, value_masks=value_masks, diagnostics=diagnostics)
+
+
+def shadow_decision(field_logits: np.ndarray, shadow_logits: np.ndarray) -> np.ndarray:
+    """Bool ``[S, F]``: fields whose logit score, averaged over the shadow rounds, beats the
+    average over the rounds of their best shadow's.
+
+    ``field_logits``: ``[R, S, F]``; ``shadow_logits``: ``[R, S, K, F]`` (the same figure
+    for each of the ``K`` shadows of each field, ``_field_decision``). Averaging both sides
+    over ``R`` independent searches (fresh shadows, initialisation and passes) takes out
+    most of one search's noise, as Boruta's repeated iterations do; with ``R = 1`` it is
+    "beats every one of its shadows". False where a scenario had no traffic (NaN).
+    """
+    with np.errstate(invalid="ignore"):
+        return field_logits.mean(0) > shadow_logits.max(2).mean(0)
+
+
+def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int,
+                 num_tasks: int, p: Mapping[str, Any], shadows: "_ShadowFields") -> Dict[str, Any]:
+    """One search of ``p["search_epochs"]`` epochs over the fields and their ``shadows``
+    (fitted, or none). Returns the value traffic ``counts``, the hard gates ``hard``, the
+    continuous gates ``soft`` and their ``logits`` of the chosen epochs (all ``[S, rows]``
+    over the search table) and the per-epoch ``history`` (see ``search``)."""
+    num_fields = len(vocab_sizes)
     keras.utils.set_random_seed(p["seed"])
-    shadows = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], p["seed"])
-    if shadows.per_field:
-        shadows.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
-                                         p["max_steps_per_epoch"]))
     search_vocab = shadows.search_vocab_sizes  # the fields, then their shadows
     search_fields = len(search_vocab)
     network = MultiFSSearchNetwork(
@@ -524,34 +597,18 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
             if own.any():
                 chosen[s] = choose_epoch(np.stack([e[own] for e in heldout_losses]),
                                          history["kept_fields"], s, p["heldout_tolerance"])
-    hard = np.stack([hard_path[e][s] for s, e in enumerate(chosen)])
-    soft = np.stack([soft_path[e][s] for s, e in enumerate(chosen)])
-    logits = np.stack([logit_path[e][s] for s, e in enumerate(chosen)])
-    decision = _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
-                               p["min_value_coverage"])
-    coverage, scores, field_mask = decision["coverage"], decision["scores"], decision["kept"]
-    seen = counts.sum(1) > 0  # [S]
-    hard[~seen] = 1.0
-    field_mask = np.where(seen[:, None], field_mask, 1.0)
-    value_masks = [hard[:, start:start + size].astype(np.float32)
-                   for start, size in zip(offsets, vocab_sizes)]  # the fields' rows only
-    diagnostics = {
-        **history,
+    history.update({
         "chosen_epoch": chosen,
         "heldout_rows": [int(np.sum(heldout[1] == s)) if heldout else 0
                          for s in range(num_scenarios)],
         "final_temperature": float(gate.temperature.numpy()),
         "final_threshold": float(gate.threshold.numpy()),
-        "value_coverage": coverage.tolist(),
-        "logit_scores": decision["logit_scores"].tolist(),
-        "shadow_logit_scores": decision["shadow_logit_scores"].tolist(),
         "scenario_rows": [float(c) / search_fields for c in counts.sum(1)],
-        "search_seconds": time.perf_counter() - started,
-    }
-    return SelectorResult(
-        scores=np.repeat(scores[:, None, :], num_tasks, axis=1),
-        mask=np.repeat(field_mask[:, None, :], num_tasks, axis=1).astype(np.float32),
-        params=p, value_masks=value_masks, diagnostics=diagnostics)
+    })
+    return {"counts": counts, "history": history,
+            **{name: np.stack([path[e][s] for s, e in enumerate(chosen)])
+               for name, path in (("hard", hard_path), ("soft", soft_path),
+                                  ("logits", logit_path))}}
 
 
 def choose_epoch(losses: np.ndarray, kept_fields: Sequence[Sequence[float]], scenario: int,
@@ -592,8 +649,8 @@ def _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
     Returns ``coverage`` (share of the field's traffic on values ``hard`` keeps),
     ``scores`` and ``logit_scores`` (traffic-weighted means of ``soft`` and ``logits``),
     all ``[S, F]``, ``shadow_logit_scores`` ``[S, K, F]`` and ``kept`` ``[S, F]`` bool:
-    with shadows, a field is kept iff its logit score exceeds each of its shadows'; without,
-    iff ``coverage >= min_value_coverage``. Logits, not gates: at the final temperature
+    with shadows, a field is kept iff its logit score exceeds each of its shadows'
+    (``shadow_decision`` of one round); without, iff ``coverage >= min_value_coverage``. Logits, not gates: at the final temperature
     the gates of open values saturate at the same maximum, so a field of a few frequent
     values ties its shadows on the gates whether it matters or not. NaN (and kept False)
     for a scenario without traffic.
@@ -610,10 +667,10 @@ def _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
                 figures[name][:, f] = (traffic * per_value[:, start:start + size]).sum(1) / total
     shadow = figures["logit_scores"][:, num_fields:].reshape(S, -1, num_fields)
     result = {name: value[:, :num_fields] for name, value in figures.items()}
-    with np.errstate(invalid="ignore"):
-        if shadow.shape[1]:
-            result["kept"] = result["logit_scores"] > shadow.max(1)
-        else:
+    if shadow.shape[1]:
+        result["kept"] = shadow_decision(result["logit_scores"][None], shadow[None])
+    else:
+        with np.errstate(invalid="ignore"):
             result["kept"] = result["coverage"] >= min_value_coverage
     result["shadow_logit_scores"] = shadow
     return result
