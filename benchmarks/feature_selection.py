@@ -140,7 +140,7 @@ def main(argv=None):
 
     model_spec = specs.load_model_spec(args.model)
     report = {"date": datetime.date.today().isoformat(), "machine": machine(),
-              "args": vars(args), "datasets": {}}
+              "args": vars(args), "load_before": os.getloadavg()[0], "datasets": {}}
     for dataset in args.datasets:
         spec, run = model_quality.transformed_data(dataset, args.rows)
         truth_path = os.path.join(os.path.dirname(spec.files[0].path), "ground_truth.json")
@@ -204,11 +204,12 @@ def write_results(report):
     lines = [f"\n## Feature selection ({report['date']})\n\n",
              f"`benchmarks/feature_selection.py --methods {' '.join(args['methods'])} --model "
              f"{args['model']} --seeds {' '.join(map(str, args['seeds']))} --epochs "
-             f"{args['epochs']}` on {report['machine']}. The machine was shared with other jobs "
-             "(load well above its 2 cores), so seconds are inflated and only comparable within "
-             "this run. Selection on Transform's train split as the FeatureSelector runs it; "
-             "precision/recall/F1 of each (scenario, task)'s selected fields against the "
-             "planted `relevant_fields` of `ground_truth.json`, averaged over scenario x task; "
+             f"{args['epochs']}` on {report['machine']}; load average (1 min) "
+             f"{report['load_before']:.1f} as the run started (other work on the machine "
+             "inflates the seconds). Selection on Transform's train split as the "
+             "FeatureSelector runs it; precision/recall/F1 of each (scenario, task)'s selected "
+             "fields against the planted `relevant_fields` of `ground_truth.json`, averaged over "
+             "scenario x task; "
              "AUC on the eval split, mean over scenario x task (per cell below), the same model "
              "trained with the selection applied as the Trainer applies it.\n"]
     for dataset, result in report["datasets"].items():

@@ -469,3 +469,9 @@ def test_shadow_decision_averages_fields_and_their_best_shadows_over_rounds():
     # One round is "beats every one of its shadows".
     np.testing.assert_array_equal(multifs.shadow_decision(fields[1:2], shadows[1:2]),
                                   [[False, False], [True, False]])
+
+
+def test_shadow_rounds_of_different_selector_seeds_share_no_seed():
+    seeds = [multifs.round_seed(seed, r) for seed in range(8) for r in range(5)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 31 for s in seeds)
+    assert multifs.round_seed(3, 2) == multifs.round_seed(3, 2)

@@ -214,6 +214,7 @@ def test_scenario_field_mask_unseen_scenario_reads_the_union():
 # ---------------------------------------------------------------- the pipeline, end to end
 
 PIPELINE_SELECTORS = {"mi": (("k", 4), ("max_rows", 4000)),
+                      "multisfs": (("gnn_epochs", 3), ("num_batches", 2)),
                       "multifs": (("search_epochs", 1), ("max_steps_per_epoch", 4))}
 
 
