@@ -397,16 +397,14 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
                               vocab_sizes, num_fields, p["min_value_coverage"])
     field_mask = figures["kept"]
     round_logits, round_shadow_logits, round_seconds = [], [], []
-    distributions = None  # each field's value distribution per scenario, for the shadows
+    if p["shadow_fields"]:
+        fitted = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], p["seed"])
+        fitted.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
+                                        p["max_steps_per_epoch"]))
     for r in range(p["shadow_rounds"] if p["shadow_fields"] else 0):
         round_start = time.perf_counter()
         seed = round_seed(p["seed"], r)
-        shadows = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], seed)
-        if distributions is None:
-            shadows.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
-                                             p["max_steps_per_epoch"]))
-            distributions = shadows.cdfs
-        shadows.cdfs = distributions
+        shadows = fitted.with_seed(seed)
         searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
                                 {**p, "seed": seed}, shadows)
         decision = _field_decision(searched["counts"], searched["hard"], searched["soft"],
@@ -759,6 +757,12 @@ class _ShadowFields:
                 flat = scenario_id * v + np.clip(field_ids[:, f], 0, v - 1)
                 counts[f] += np.bincount(flat, minlength=S * v).reshape(S, v)
         self.cdfs = [np.cumsum(c, 1) / np.maximum(c.sum(1, keepdims=True), 1) for c in counts]
+
+    def with_seed(self, seed: int) -> "_ShadowFields":
+        """Fresh shadows (drawn with ``seed``) of the same fitted value distributions."""
+        other = _ShadowFields(self.vocab_sizes, self.num_scenarios, self.per_field, seed)
+        other.cdfs = self.cdfs
+        return other
 
     def extend(self, field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
         """``[B, F]`` -> ``[B, F * (1 + per_field)]``: the row's fields, then its shadows
