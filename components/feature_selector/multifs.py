@@ -396,25 +396,24 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     figures = _field_decision(values["counts"], values["hard"], values["soft"], values["logits"],
                               vocab_sizes, num_fields, p["min_value_coverage"])
     field_mask = figures["kept"]
-    round_logits, round_shadow_logits, round_seconds = [], [], []
+    rounds = {}
     if p["shadow_fields"]:
         fitted = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], p["seed"])
         fitted.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
                                         p["max_steps_per_epoch"]))
-    for r in range(p["shadow_rounds"] if p["shadow_fields"] else 0):
-        round_start = time.perf_counter()
-        seed = round_seed(p["seed"], r)
-        shadows = fitted.with_seed(seed)
-        searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
-                                {**p, "seed": seed}, shadows)
-        decision = _field_decision(searched["counts"], searched["hard"], searched["soft"],
-                                   searched["logits"], shadows.search_vocab_sizes, num_fields,
-                                   p["min_value_coverage"])
-        round_logits.append(decision["logit_scores"])
-        round_shadow_logits.append(decision["shadow_logit_scores"])
-        round_seconds.append(time.perf_counter() - round_start)
-    rounds = {}
-    if round_seconds:
+        round_logits, round_shadow_logits, round_seconds = [], [], []
+        for r in range(p["shadow_rounds"]):
+            round_start = time.perf_counter()
+            seed = round_seed(p["seed"], r)
+            shadows = fitted.with_seed(seed)
+            searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
+                                    {**p, "seed": seed}, shadows)
+            decision = _field_decision(searched["counts"], searched["hard"], searched["soft"],
+                                       searched["logits"], shadows.search_vocab_sizes,
+                                       num_fields, p["min_value_coverage"])
+            round_logits.append(decision["logit_scores"])
+            round_shadow_logits.append(decision["shadow_logit_scores"])
+            round_seconds.append(time.perf_counter() - round_start)
         rounds = {"round_logit_scores": np.stack(round_logits),
                   "round_shadow_logit_scores": np.stack(round_shadow_logits),
                   "round_seconds": round_seconds}
