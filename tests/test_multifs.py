@@ -152,9 +152,13 @@ def test_temperature_schedule_reaches_the_final_temperature():
     ({"heldout_fraction": "10%"}, "heldout_fraction"),
     ({"heldout_tolerance": -1}, "heldout_tolerance"),
     ({"heldout_tolerance": None}, "heldout_tolerance"),
-    ({"shadow_fields": -1}, "shadow_fields"),
-    ({"shadow_fields": 1.5}, "shadow_fields"),
-    ({"shadow_rounds": 0}, "shadow_rounds"),
+    ({"field_rule": "shadows"}, "field_rule"),
+    ({"permutation_folds": 1}, "permutation_folds"),
+    ({"permutation_repeats": 0}, "permutation_repeats"),
+    ({"permutation_z": -1.0}, "permutation_z"),
+    ({"permutation_z": float("nan")}, "permutation_z"),
+    ({"permutation_min_rows": 1}, "permutation_min_rows"),
+    ({"permutation_max_rows": 100.5}, "permutation_max_rows"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
     with pytest.raises(ValueError, match=key):
@@ -298,7 +302,7 @@ def test_row_holdout_holds_out_the_same_rows_in_any_order():
     rng = np.random.default_rng(1)
     field_ids = rng.integers(0, 50, size=(20000, 3))
     scenario_id = rng.integers(0, 2, size=20000)
-    holdout = multifs._RowHoldout(0.2, num_fields=3, seed=0)
+    holdout = multifs._RowHoldout(0.0, 0.2, num_fields=3, seed=0)
     held = holdout.held_out(field_ids, scenario_id)
     assert held.mean() == pytest.approx(0.2, abs=0.02)
     order = rng.permutation(20000)
@@ -308,12 +312,19 @@ def test_row_holdout_holds_out_the_same_rows_in_any_order():
     twice = np.concatenate([field_ids[:100], field_ids[:100]])
     decided = holdout.held_out(twice, np.concatenate([scenario_id[:100]] * 2))
     np.testing.assert_array_equal(decided[:100], decided[100:])
-    other_seed = multifs._RowHoldout(0.2, num_fields=3, seed=1).held_out(field_ids, scenario_id)
+    other_seed = multifs._RowHoldout(0.0, 0.2, num_fields=3, seed=1).held_out(field_ids,
+                                                                             scenario_id)
     assert 0.1 < np.mean(other_seed != held) < 0.5
-    assert not multifs._RowHoldout(0.0, 3, 0).held_out(field_ids, scenario_id).any()
+    assert not multifs._RowHoldout(0.0, 0.0, 3, 0).held_out(field_ids, scenario_id).any()
+    # Folds: the intervals of one seed hold out disjoint rows, every row in exactly one.
+    folds = np.stack([multifs._RowHoldout(k / 3, (k + 1) / 3, 3, 0).held_out(field_ids,
+                                                                           scenario_id)
+                      for k in range(3)])
+    np.testing.assert_array_equal(folds.sum(0), 1)
+    assert np.all(np.abs(folds.mean(1) - 1 / 3) < 0.02)
 
 
-HELDOUT_PARAMS = {**PLANTED_PARAMS, "heldout_fraction": 0.2}
+HELDOUT_PARAMS = {**PLANTED_PARAMS, "heldout_fraction": 0.2, "field_rule": "value_coverage"}
 
 
 def test_heldout_rule_keeps_the_planted_fields_and_scores_unsearched_rows():
@@ -325,7 +336,8 @@ def test_heldout_rule_keeps_the_planted_fields_and_scores_unsearched_rows():
     assert np.all(result.mask[:, :, 2] == 0)  # the noise field is dropped everywhere
     # The held-out rows are the rows the hash holds out (about 20% of each scenario);
     # every batch still has searched rows, so every epoch takes its 12 steps.
-    held = multifs._RowHoldout(0.2, 3, HELDOUT_PARAMS["seed"]).held_out(field_ids, scenario_id)
+    held = multifs._RowHoldout(0.0, 0.2, 3, HELDOUT_PARAMS["seed"]).held_out(field_ids,
+                                                                            scenario_id)
     assert d["heldout_rows"] == [int(np.sum(held & (scenario_id == s))) for s in range(2)]
     assert 0.15 < held.mean() < 0.25
     assert d["steps"] == [12] * 4
@@ -342,9 +354,9 @@ def test_heldout_rule_keeps_the_planted_fields_and_scores_unsearched_rows():
 
 def test_heldout_rule_does_not_take_an_over_pruned_last_epoch():
     # A pull strong enough to prune every field by the last epoch (tau fixed at 1), with
-    # the paper's value-coverage cut (no shadow fields).
+    # the paper's value-coverage cut.
     params = {"search_epochs": 10, "sparsity_weight": 2e-2, "final_temperature": 1.0,
-              "seed": 3, "heldout_fraction": 0.2, "shadow_fields": 0}
+              "seed": 3, "heldout_fraction": 0.2, "field_rule": "value_coverage"}
     result = search(batches_of(*planted_data()), VOCAB, 2, 2, params)
     d = result.diagnostics
     assert np.all(np.array(d["field_mask"][-1]) == 0)  # the paper's cut keeps nothing
@@ -353,65 +365,6 @@ def test_heldout_rule_does_not_take_an_over_pruned_last_epoch():
     losses = np.array(d["heldout_loss"])
     for s, epoch in enumerate(d["chosen_epoch"]):
         assert losses[epoch, s] < losses[-1, s] - 0.1  # the pruned epochs lost on held-out rows
-
-
-def test_shadow_fields_copy_each_fields_traffic_per_scenario_and_are_fixed_per_row():
-    rng = np.random.default_rng(0)
-    vocab = [4, 50, 5000]
-    rows = 40000
-    scenario_id = rng.integers(0, 2, rows)
-    # Field 0's distribution differs by scenario; field 1 is Zipf-like; field 2 is id-like,
-    # so that rows are nearly all distinct (shadows are fixed per row content, so rows
-    # that repeat draw the same shadow values).
-    field_ids = np.stack([np.where(scenario_id == 0, rng.choice(4, rows, p=[.7, .1, .1, .1]),
-                                   rng.choice(4, rows, p=[.1, .1, .1, .7])),
-                          np.minimum(rng.zipf(1.5, rows) - 1, 49),
-                          rng.integers(0, 5000, rows)], 1)
-    shadows = multifs._ShadowFields(vocab, num_scenarios=2, per_field=2, seed=0)
-    assert shadows.search_vocab_sizes == vocab * 3
-    shadows.fit([(field_ids[:20000], scenario_id[:20000]), (field_ids[20000:], scenario_id[20000:])])
-    extended = shadows.extend(field_ids, scenario_id)
-    assert extended.shape == (rows, 9)
-    np.testing.assert_array_equal(extended[:, :3], field_ids)
-    for j in range(2):
-        for f, v in enumerate(vocab[:2]):
-            shadow = extended[:, 3 * (1 + j) + f]
-            assert shadow.min() >= 0 and shadow.max() < v
-            for s in range(2):
-                own = scenario_id == s
-                real = np.bincount(field_ids[own, f], minlength=v) / own.sum()
-                copy = np.bincount(shadow[own], minlength=v) / own.sum()
-                assert np.abs(real - copy).max() < 0.02  # the same traffic per value
-            # ... but not the same values row by row.
-            assert np.mean(shadow == field_ids[:, f]) < 0.7
-    # A function of the row's content: the same shadows in any order, for duplicates too.
-    order = rng.permutation(rows)
-    np.testing.assert_array_equal(shadows.extend(field_ids[order], scenario_id[order]),
-                                  extended[order])
-    # Two shadows of one field are different draws.
-    assert np.mean(extended[:, 4] == extended[:, 7]) < 0.2
-
-
-def test_field_decision_keeps_a_field_only_above_all_its_shadows_logits():
-    # 2 fields of 2 values each, 2 shadows per field; one scenario with traffic, one without.
-    search_vocab = [2, 2] * 3
-    counts = np.array([[10, 30] * 6, [0, 0] * 6], float)
-    logits = np.array([[0.9, 0.9, 0.5, 0.5,   0.2, 0.4, 0.5, 0.5,   0.3, 0.3, 0.6, 0.4],
-                       [1.0] * 12])
-    soft = np.ones_like(logits)  # saturated gates: they cannot tell the fields apart
-    hard = (logits > 0.45).astype(float)
-    d = multifs._field_decision(counts, hard, soft, logits, search_vocab, num_fields=2,
-                                min_value_coverage=0.5)
-    np.testing.assert_allclose(d["logit_scores"][0], [0.9, 0.5])
-    np.testing.assert_allclose(d["shadow_logit_scores"][0], [[0.35, 0.5], [0.3, 0.45]])
-    np.testing.assert_allclose(d["scores"][0], [1.0, 1.0])
-    np.testing.assert_allclose(d["coverage"][0], [1.0, 1.0])
-    assert d["kept"][0].tolist() == [True, False]  # field 1 only ties its first shadow
-    assert np.all(np.isnan(d["logit_scores"][1])) and not d["kept"][1].any()
-    # Without shadows, the value-coverage cut decides.
-    d = multifs._field_decision(counts[:, :4], hard[:, :4], soft[:, :4], logits[:, :4],
-                                search_vocab[:2], 2, 0.5)
-    assert d["shadow_logit_scores"].shape == (2, 0, 2) and d["kept"][0].tolist() == [True, True]
 
 
 def few_valued_noise_data(rows=6000, seed=0):
@@ -426,52 +379,93 @@ def few_valued_noise_data(rows=6000, seed=0):
     return field_ids, scenario_id, labels
 
 
-def test_shadow_fields_drop_a_few_valued_noise_field_the_coverage_cut_keeps():
-    # The failure the shadows fix: a frequent value's gate is not pulled shut, so the
-    # value-coverage cut keeps every field whose few values are all frequent.
+def test_permutation_rule_drops_a_few_valued_noise_field_the_coverage_cut_keeps():
+    # A frequent value's gate is not pulled shut, so the value-coverage cut keeps every
+    # field whose few values are all frequent; permuting such a noise field costs nothing.
     data = few_valued_noise_data()
     params = {"search_epochs": 5, "seed": 0}
-    by_coverage = search(batches_of(*data), [6, 3], 2, 2, {**params, "shadow_fields": 0})
+    by_coverage = search(batches_of(*data), [6, 3], 2, 2,
+                         {**params, "field_rule": "value_coverage"})
     assert np.all(by_coverage.mask == 1)
-    result = search(batches_of(*data), [6, 3], 2, 2,
-                    {**params, "shadow_fields": 5, "shadow_rounds": 2})
+    result = search(batches_of(*data), [6, 3], 2, 2, params)
+    assert result.params["field_rule"] == "permutation"
     assert np.all(result.mask[:, :, 0] == 1) and np.all(result.mask[:, :, 1] == 0)
     d = result.diagnostics
-    fields, shadows = d["round_logit_scores"], d["round_shadow_logit_scores"]
-    assert fields.shape == (2, 2, 2) and shadows.shape == (2, 2, 5, 2)  # [R, S, (K,) F]
-    assert len(d["round_seconds"]) == 2
-    assert np.all(fields[:, :, 0].mean(0) > shadows[:, :, :, 0].max(2).mean(0))
-    # Every value gate is open: the coverage, and the gates, tie the fields.
-    np.testing.assert_allclose(d["value_coverage"], 1.0)
-    # The value masks and scores are the search's without shadows (same seed), over the
-    # fields' vocabularies only; the per-epoch history is that search's too.
-    assert [m.shape for m in result.value_masks] == [(2, 6), (2, 3)]
-    for with_shadows, without in zip(result.value_masks, by_coverage.value_masks):
-        np.testing.assert_array_equal(with_shadows, without)
-    np.testing.assert_allclose(result.scores, by_coverage.scores, rtol=1e-6)
+    z = np.array(d["permutation_z"])
+    assert z.shape == (2, 2, 2) and np.all(z[:, :, 0] > 5) and np.all(z[:, :, 1] < 1.645)
+    # Every row is held out by exactly one fold: both folds together score all 6000 rows.
+    assert sum(d["permutation_rows"]) == 6000 and len(d["fold_seconds"]) == 2
+    assert not np.any(d["permutation_pooled"])
+    # The scores are the held-out loss increases behind the decision.
+    np.testing.assert_allclose(result.scores, d["permutation_loss_increase"])
+    assert np.all(result.scores[:, :, 0] > 0.05)
+    # The value masks, the gate scores and the history are the value search's under
+    # either rule.
+    for permutation, coverage in zip(result.value_masks, by_coverage.value_masks):
+        np.testing.assert_array_equal(permutation, coverage)
+    np.testing.assert_allclose(d["gate_scores"], by_coverage.diagnostics["gate_scores"],
+                               rtol=1e-6)
     assert d["field_mask"] == by_coverage.diagnostics["field_mask"]
+    np.testing.assert_allclose(by_coverage.scores[:, 0], d["gate_scores"], rtol=1e-6)
 
 
-def test_shadow_decision_averages_fields_and_their_best_shadows_over_rounds():
-    # [R=3, S=2, F=2] field logit scores; [R, S, K=2, F] shadows.
-    fields = np.array([[[0.6, 0.2], [0.5, np.nan]],
-                       [[0.3, 0.2], [0.5, np.nan]],   # round 1: field 0 loses in scenario 0
-                       [[0.6, 0.2], [0.5, np.nan]]])
-    shadows = np.zeros([3, 2, 2, 2])
-    shadows[:, :, 0, :] = 0.4
-    shadows[:, :, 1, :] = 0.1
-    shadows[2, 1, 1, 0] = 0.9  # one round's best shadow beats field 0 in scenario 1 by far
-    kept = multifs.shadow_decision(fields, shadows)
-    # Scenario 0: field 0 averages 0.5 > 0.4 (kept although it lost round 1); field 1 never
-    # beats 0.4. Scenario 1: field 0 averages 0.5 against (0.4 + 0.4 + 0.9) / 3; field 1
-    # has no traffic (NaN).
-    assert kept.tolist() == [[True, False], [False, False]]
-    # One round is "beats every one of its shadows".
-    np.testing.assert_array_equal(multifs.shadow_decision(fields[1:2], shadows[1:2]),
-                                  [[False, False], [True, False]])
+def path_specific_data(rows=8000, seed=0):
+    """Field 0 drives task 0 in both scenarios, field 1 task 1 in both, field 2 both tasks
+    in scenario 1 only; field 3 is noise. Five values each."""
+    rng = np.random.default_rng(seed)
+    field_ids = rng.integers(0, 5, size=(rows, 4))
+    scenario_id = rng.integers(0, 2, rows)
+    effect = np.array([1.5, -1.5, 1.0, -1.0, 0.0])
+    third = np.where(scenario_id == 1, effect[field_ids[:, 2]], 0.0)
+    logits = np.stack([effect[field_ids[:, 0]] + third, effect[field_ids[:, 1]] + third], 1)
+    labels = (rng.random((rows, 2)) < sigmoid(logits - 0.5)).astype(np.float32)
+    return field_ids, scenario_id, labels
 
 
-def test_shadow_rounds_of_different_selector_seeds_share_no_seed():
-    seeds = [multifs.round_seed(seed, r) for seed in range(8) for r in range(5)]
-    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2 ** 31 for s in seeds)
-    assert multifs.round_seed(3, 2) == multifs.round_seed(3, 2)
+def test_permutation_rule_keeps_each_field_on_the_paths_it_drives_only():
+    result = search(batches_of(*path_specific_data()), [5] * 4, num_scenarios=2, num_tasks=2,
+                    params={"search_epochs": 3, "seed": 1})
+    expected = np.array([[[1, 0, 0, 0], [0, 1, 0, 0]],    # scenario 0: task 0, task 1
+                         [[1, 0, 1, 0], [0, 1, 1, 0]]])   # scenario 1
+    np.testing.assert_array_equal(result.mask, expected)
+    # The gates alone cannot say this: the value-coverage rule is one decision per scenario.
+    by_coverage = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
+                         {"search_epochs": 3, "seed": 1, "field_rule": "value_coverage"})
+    assert np.all(by_coverage.mask[:, 0] == by_coverage.mask[:, 1])
+    # Deterministic given the seed, and the held-out rows are capped.
+    again = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
+                   {"search_epochs": 3, "seed": 1})
+    np.testing.assert_array_equal(again.mask, result.mask)
+    np.testing.assert_allclose(again.scores, result.scores, rtol=1e-6)
+    capped = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
+                    {"search_epochs": 3, "seed": 1, "permutation_max_rows": 3000})
+    assert sum(capped.diagnostics["permutation_rows"]) == 3000
+
+
+def test_permutation_decision_tests_each_path_and_pools_small_scenarios():
+    # [S=3, T=1, F=2] sums over rows of the per-row loss increase and of its square.
+    rows = np.array([400.0, 400.0, 50.0])
+    mean = np.array([[[0.02, 0.001]], [[0.0, 0.05]], [[0.5, -0.1]]])
+    variance = np.array([[[0.01, 0.01]], [[0.01, 0.01]], [[1.0, 1.0]]])
+    n = rows[:, None, None]
+    sums, squares = mean * n, (variance * (n - 1) / n + mean ** 2) * n
+    d = multifs.permutation_decision(sums, squares, rows, z=1.645, min_rows=100)
+    se = np.sqrt(variance / n)
+    np.testing.assert_allclose(d["z"], mean / se)
+    np.testing.assert_allclose(d["loss_increase"], mean)
+    # Scenario 0: z = 4 and 0.2; scenario 1: 0 and 10. Scenario 2 has 50 rows < 100, so
+    # it takes the decision on all 850 rows (field 0: mean 0.0388 over a large variance).
+    total, total_squares = sums.sum(0), squares.sum(0)
+    pooled_mean = total / 850
+    pooled_z = pooled_mean / np.sqrt((total_squares - 850 * pooled_mean ** 2) / 849 / 850)
+    assert d["pooled"].tolist() == [[False], [False], [True]]
+    expected_pooled = (pooled_z > 1.645)[0]
+    assert d["kept"].tolist() == [[[True, False]], [[False, True]], [expected_pooled.tolist()]]
+    np.testing.assert_allclose(d["scores"][2], pooled_mean)
+    np.testing.assert_allclose(d["scores"][:2], mean[:2])
+    # Too few rows in all: every field is kept. A scenario without rows has NaN figures.
+    few = multifs.permutation_decision(sums[:1], squares[:1], rows[:1], 1.645, min_rows=1000)
+    assert np.all(few["kept"])
+    empty = multifs.permutation_decision(np.zeros([2, 1, 2]), np.zeros([2, 1, 2]),
+                                         np.array([400.0, 0.0]), 1.645, min_rows=100)
+    assert np.all(np.isnan(empty["z"][1])) and empty["pooled"].tolist() == [[False], [True]]

@@ -59,37 +59,32 @@ Multi-task: a shared bottom MLP over the gated embeddings feeds one tower per
 (as in the paper). Batches are streamed: ``batches_fn()`` is called once per epoch.
 
 Field-level output (``SelectorResult.mask``), a second deviation: the paper stops at
-value masks, and a field decision read off them (keep field ``f`` on scenario ``s``'s
-paths iff the values kept in ``s`` carry at least ``min_value_coverage`` of its traffic,
-``shadow_fields: 0``) keeps every field whose few values are all frequent, relevant or
-not, since the gates prune by frequency. So, as Boruta does (Kursa and Rudnicki, 2010),
-``shadow_rounds`` further searches each put ``shadow_fields`` shadow copies beside every
-field (``_ShadowFields``): each row's shadow value is drawn from the field's own value
-distribution in the row's scenario at a number hashed from the row, so a shadow has the
-field's values and traffic and no relation to the labels, and the same value on every
-pass. The shadows go through the same gates, pull and network. Field ``f`` is kept on
-scenario ``s``'s paths iff its logit score (the traffic-weighted mean over its values of
-the logit behind ``G^s``), averaged over the rounds, exceeds the average over the rounds of
-its best shadow's (``shadow_decision``). A shadow shares its field's frequency profile, so
-the comparison cancels what frequency does to the gates; it is also stable over the search
-length, where the coverage cut falls with every epoch; the average over rounds takes out
-most of one search's noise (benchmarks/RESULTS.md, sessions 7 and 8). Logits rather than
-gates, because at the final temperature the open gates saturate at one value and a field
-of a few frequent values ties its shadows whether it matters or not. The value masks
-(``value_masks``) and ``scores`` always come from the search without shadows (the paper's
-search, ``seed``): 100 shadow columns change the search, which then prunes more of the
-fields' values, and those masks cost the Trainer 0.012 AUC on the synthetic benchmark.
-Off by default (``shadow_fields: 0``): on the synthetic benchmark 5 shadows in 5 rounds
-lift the planted-field F1 from 0.868 to 0.904 (mean of 8 selector seeds, 0.881-0.934) at
-10x the search time, but they drop the sign-flipping ``num_02`` about as often as they
-keep it, and the coverage cut's AUC gain over no selection (+0.006) was not kept (+0.005
-and -0.001 on two draws of the rounds; benchmarks/RESULTS.md, session 8).
+value masks. Read off them (``field_rule: value_coverage``: keep field ``f`` on scenario
+``s``'s paths iff the values kept in ``s`` carry at least ``min_value_coverage`` of its
+traffic), the decision keeps every field whose few values are all frequent, relevant or
+not, since the gates prune by frequency more than by relevance, and it is one decision
+for all tasks of a scenario. The default, ``field_rule: permutation``, asks the searched
+network instead, per (scenario, task) path, on rows it never searched on (cross-fitting):
+the rows are split by a hash into ``permutation_folds`` folds; for each fold a search on
+the other folds' rows (same seed and schedule) ends with its hard masks, and on the fold's
+rows each field's column is permuted among the rows of the same scenario
+(``permutation_repeats`` times; the per-row loss increase is averaged over them). Field
+``f`` is kept on path ``(s, t)`` iff task ``t``'s BCE on scenario ``s``'s rows rises by
+more than ``permutation_z`` standard errors (``permutation_decision``; a scenario with
+fewer than ``permutation_min_rows`` held-out rows takes the decision on all scenarios'
+rows). Permuting within the scenario keeps the field's values and traffic there, so a
+frequent noise field costs nothing when permuted while a field that matters in one
+scenario, or for one task, is kept there only. The value masks are the paper's search's
+(on all rows), so the Trainer applies the same value masks under either rule. On the
+synthetic benchmark (benchmarks/RESULTS.md, session 9) the permutation rule lifts the
+planted-field F1 from 0.868 to about 0.95 for three searches' time; the value-coverage
+rule stays for the paper's behaviour.
 
-``scores`` is the traffic-weighted mean of the continuous gate ``G^s`` of the chosen epoch
-(at its temperature) over the field's values, divided by its maximum ``scaling /
-sigmoid(0.5)``, so in ``[0, 1]``; ``diagnostics["round_logit_scores"]`` and
-``["round_shadow_logit_scores"]`` hold the figures the shadow decision compared. All are
-the same for every task of a scenario.
+``scores``: with the permutation rule, the held-out loss increase (nats per row) each
+path's decision used; with the value-coverage rule, the traffic-weighted mean of the
+continuous gate ``G^s`` of the chosen epoch (at its temperature) over the field's values,
+divided by its maximum ``scaling / sigmoid(0.5)``, so in ``[0, 1]``, the same for every
+task of a scenario (``diagnostics["gate_scores"]`` under either rule).
 """
 
 import math
@@ -118,8 +113,12 @@ DEFAULT_PARAMS: Dict[str, Any] = {
     "embedding_dim": 8,
     "hidden_units": [64],
     "tower_units": 16,
-    "shadow_fields": 0,
-    "shadow_rounds": 5,
+    "field_rule": "permutation",
+    "permutation_folds": 2,
+    "permutation_repeats": 3,
+    "permutation_z": 1.645,
+    "permutation_min_rows": 1000,
+    "permutation_max_rows": 500_000,
     "min_value_coverage": 0.5,
     "max_steps_per_epoch": None,
     "heldout_fraction": 0.0,
@@ -235,14 +234,6 @@ class HierarchicalValueGate(keras.layers.Layer):
         q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
         return q_sh * g_shared + (1.0 - q_sh) * g_scenarios
 
-    def gate_logits(self):
-        """The logits behind ``G^k`` ``[num_scenarios, num_rows]``: ``g_c^sh`` where the hard
-        shared gate is open, else ``g_c^k`` (they keep their scale where tau saturates
-        the gates)."""
-        g_shared, _ = self.continuous_gates()
-        q_sh = tf.cast(g_shared - self.threshold > 0, tf.float32)
-        return q_sh * self.shared_logits + (1.0 - q_sh) * self.scenario_logits
-
     def get_config(self):
         return {**super().get_config(), "vocab_sizes": self.vocab_sizes,
                 "num_scenarios": self.num_scenarios, "scaling": self.scaling,
@@ -312,6 +303,7 @@ class MultiFSSearchNetwork(keras.Model):
 
 
 METHOD = "multifs"
+FIELD_RULES = ("permutation", "value_coverage")
 _is_int, _is_number = saliency.is_int, saliency.is_number
 CHECKS = {
     "search_epochs": (lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -328,8 +320,12 @@ CHECKS = {
     "hidden_units": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
                      and all(_is_int(u, 1) for u in v), "a non-empty list of integers >= 1"),
     "tower_units": (lambda v: _is_int(v, 1), "an integer >= 1"),
-    "shadow_fields": (lambda v: _is_int(v, 0), "an integer >= 0 (0: the value-coverage rule)"),
-    "shadow_rounds": (lambda v: _is_int(v, 1), "an integer >= 1 (searches with shadows)"),
+    "field_rule": (lambda v: v in FIELD_RULES, " or ".join(repr(r) for r in FIELD_RULES)),
+    "permutation_folds": (lambda v: _is_int(v, 2), "an integer >= 2"),
+    "permutation_repeats": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "permutation_z": (lambda v: _is_number(v, 0.0), "a number >= 0 (standard errors)"),
+    "permutation_min_rows": (lambda v: _is_int(v, 2), "an integer >= 2"),
+    "permutation_max_rows": (lambda v: _is_int(v, 2), "an integer >= 2"),
     "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
     "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
     "heldout_fraction": (lambda v: _is_number(v, 0.0, 1.0) and v < 1, "a number in [0, 1)"),
@@ -364,10 +360,11 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     counted on the first epoch; a scenario with no rows there keeps every value and field,
     with NaN scores. ``params``: see ``DEFAULT_PARAMS`` (validated by ``resolve_params``).
 
-    The value search (the paper's, on the fields alone) gives the value masks, the scores
-    and, with ``shadow_fields: 0``, the field decision (value coverage). With
-    ``shadow_fields: K`` (opt-in), ``shadow_rounds`` more searches (``round_seed``), each
-    beside ``K`` fresh shadows of every field, decide the fields (``shadow_decision``).
+    The value search (the paper's, on every row but ``heldout_fraction``) gives the value
+    masks and, with ``field_rule: value_coverage``, the field decision and the scores (the
+    gates). With ``field_rule: permutation`` (default), ``permutation_folds`` more searches
+    decide the fields per (scenario, task) and the scores are the held-out loss increases
+    behind that decision (``permutation_decision``).
 
     Diagnostics of the value search, one entry per epoch: ``temperature``, ``threshold``
     (after the epoch), ``loss`` (mean total objective), ``steps`` (batches with searched
@@ -376,10 +373,11 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     ``kept_fields`` and ``field_mask`` (per scenario, by value coverage), ``heldout_loss``
     (per scenario; empty without held-out rows); then ``chosen_epoch`` and ``heldout_rows``
     (per scenario), ``final_temperature``, ``final_threshold``, ``value_coverage`` and
-    ``logit_scores`` (``[S, F]``) of the chosen epochs, ``scenario_rows`` (all rows,
-    held-out included). With shadows, per round: ``round_logit_scores`` ``[R, S, F]``,
-    ``round_shadow_logit_scores`` ``[R, S, K, F]``, ``round_seconds``. Last,
-    ``search_seconds`` (all searches).
+    ``gate_scores`` (``[S, F]``) of the chosen epochs, ``scenario_rows`` (all rows,
+    held-out included). With the permutation rule: ``permutation_z`` and
+    ``permutation_loss_increase`` (``[S, T, F]``, each scenario's own rows),
+    ``permutation_rows`` (``[S]``), ``permutation_pooled`` (``[S, T]``: decided on all
+    scenarios' rows) and ``fold_seconds``. Last, ``search_seconds`` (all searches).
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
@@ -392,88 +390,162 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     num_fields = len(vocab_sizes)
     started = time.perf_counter()
     values = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks, p,
-                          _ShadowFields(vocab_sizes, num_scenarios, 0, p["seed"]))
-    figures = _field_decision(values["counts"], values["hard"], values["soft"], values["logits"],
-                              vocab_sizes, num_fields, p["min_value_coverage"])
-    field_mask = figures["kept"]
-    rounds = {}
-    if p["shadow_fields"]:
-        fitted = _ShadowFields(vocab_sizes, num_scenarios, p["shadow_fields"], p["seed"])
-        fitted.fit(_known_numpy_batches(batches_fn, num_scenarios, num_fields, num_tasks,
-                                        p["max_steps_per_epoch"]))
-        round_logits, round_shadow_logits, round_seconds = [], [], []
-        for r in range(p["shadow_rounds"]):
-            round_start = time.perf_counter()
-            seed = round_seed(p["seed"], r)
-            shadows = fitted.with_seed(seed)
-            searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
-                                    {**p, "seed": seed}, shadows)
-            decision = _field_decision(searched["counts"], searched["hard"], searched["soft"],
-                                       searched["logits"], shadows.search_vocab_sizes,
-                                       num_fields, p["min_value_coverage"])
-            round_logits.append(decision["logit_scores"])
-            round_shadow_logits.append(decision["shadow_logit_scores"])
-            round_seconds.append(time.perf_counter() - round_start)
-        rounds = {"round_logit_scores": np.stack(round_logits),
-                  "round_shadow_logit_scores": np.stack(round_shadow_logits),
-                  "round_seconds": round_seconds}
-        field_mask = shadow_decision(rounds["round_logit_scores"],
-                                     rounds["round_shadow_logit_scores"])
+                          _RowHoldout(0.0, p["heldout_fraction"], num_fields, p["seed"]))
+    figures = _field_decision(values["counts"], values["hard"], values["soft"], vocab_sizes,
+                              p["min_value_coverage"])
+    field_mask = np.repeat(figures["kept"][:, None, :], num_tasks, axis=1)
+    scores = np.repeat(figures["scores"][:, None, :], num_tasks, axis=1)
+    rule: Dict[str, Any] = {}
+    if p["field_rule"] == "permutation":
+        rule = _permutation_rule(batches_fn, vocab_sizes, num_scenarios, num_tasks, p)
+        field_mask, scores = rule.pop("kept"), rule.pop("scores")
     seen = values["counts"].sum(1) > 0  # [S]
     hard = np.where(seen[:, None], values["hard"], 1.0)
-    field_mask = np.where(seen[:, None], field_mask, 1.0)
+    field_mask = np.where(seen[:, None, None], field_mask, 1.0)
+    scores = np.where(seen[:, None, None], scores, np.nan)
     offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
     value_masks = [hard[:, start:start + size].astype(np.float32)
                    for start, size in zip(offsets, vocab_sizes)]
     diagnostics = {
         **values["history"],
         "value_coverage": figures["coverage"].tolist(),
-        "logit_scores": figures["logit_scores"].tolist(),
-        **rounds,
+        "gate_scores": figures["scores"].tolist(),
+        **rule,
         "search_seconds": time.perf_counter() - started,
     }
-    return SelectorResult(
-        scores=np.repeat(figures["scores"][:, None, :], num_tasks, axis=1),
-        mask=np.repeat(field_mask[:, None, :], num_tasks, axis=1).astype(np.float32),
-        params=p, value_masks=value_masks, diagnostics=diagnostics)
+    return SelectorResult(scores=scores, mask=field_mask.astype(np.float32), params=p,
+                          value_masks=value_masks, diagnostics=diagnostics)
 
 
-def round_seed(seed: int, round_index: int) -> int:
-    """The seed of shadow round ``round_index`` of a search seeded ``seed``: independent
-    of every other (seed, round) pair, so two selector seeds share no round."""
-    return int(np.random.SeedSequence([seed, round_index, 0x5AD0]).generate_state(1)[0] >> 1)
+def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int,
+                      num_tasks: int, p: Mapping[str, Any]) -> Dict[str, Any]:
+    """The permutation field rule: one search per fold on the other folds' rows, each
+    network scored on its own fold (``permutation_loss_increase``), the per-row increases
+    of all folds pooled into ``permutation_decision``. Returns ``kept``, ``scores`` and
+    the diagnostics ``search`` documents."""
+    folds = p["permutation_folds"]
+    totals = np.zeros([2, num_scenarios, num_tasks, len(vocab_sizes)])
+    rows = np.zeros(num_scenarios)
+    seconds = []
+    for fold in range(folds):
+        fold_start = time.perf_counter()
+        holdout = _RowHoldout(fold / folds, (fold + 1) / folds, len(vocab_sizes), p["seed"],
+                              max_rows=p["permutation_max_rows"] // folds)
+        searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
+                                {**p, "heldout_fraction": 0.0}, holdout, score_last_epoch=True)
+        if searched["heldout"]:
+            sums, counts = permutation_loss_increase(
+                searched["network"], searched["last_hard"], *searched["heldout"],
+                num_scenarios, p["permutation_repeats"],
+                np.random.default_rng([p["seed"], fold, 0x9E37]))
+            totals += sums
+            rows += counts
+        seconds.append(time.perf_counter() - fold_start)
+    decision = permutation_decision(totals[0], totals[1], rows, p["permutation_z"],
+                                    p["permutation_min_rows"])
+    return {"kept": decision["kept"], "scores": decision["scores"],
+            "permutation_z": decision["z"].tolist(),
+            "permutation_loss_increase": decision["loss_increase"].tolist(),
+            "permutation_rows": rows.tolist(),
+            "permutation_pooled": decision["pooled"].tolist(), "fold_seconds": seconds}
 
 
-def shadow_decision(field_logits: np.ndarray, shadow_logits: np.ndarray) -> np.ndarray:
-    """Bool ``[S, F]``: fields whose logit score, averaged over the shadow rounds, beats the
-    average over the rounds of their best shadow's.
+def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
+                              field_ids: np.ndarray, scenario_id: np.ndarray,
+                              labels: np.ndarray, num_scenarios: int, repeats: int,
+                              rng: np.random.Generator):
+    """Per-row held-out loss increase when a field's column is permuted among the rows of
+    the same scenario, averaged over ``repeats`` permutations.
 
-    ``field_logits``: ``[R, S, F]``; ``shadow_logits``: ``[R, S, K, F]`` (the same figure
-    for each of the ``K`` shadows of each field, ``_field_decision``). Averaging both sides
-    over ``R`` independent searches (fresh shadows, initialisation and passes) takes out
-    most of one search's noise, as Boruta's repeated iterations do; with ``R = 1`` it is
-    "beats every one of its shadows". False where a scenario had no traffic (NaN).
+    ``network`` is scored with its hard masks ``keep`` ``[S, rows]`` applied
+    (``masked_logits``) on rows it never searched on (``field_ids [N, F]``,
+    ``scenario_id [N]``, ``labels [N, T]``). Returns ``(sums [2, S, T, F], rows [S])``:
+    the sum over each scenario's rows of the per-row increase and of its square (BCE of
+    each task, nats), and the scenario's row count.
     """
-    with np.errstate(invalid="ignore"):
-        return field_logits.mean(0) > shadow_logits.max(2).mean(0)
+    num_fields, num_tasks = field_ids.shape[1], labels.shape[1]
+
+    def row_losses(ids):
+        parts = []
+        for i in range(0, len(scenario_id), _HELDOUT_BATCH):
+            window = slice(i, i + _HELDOUT_BATCH)
+            logits = network.masked_logits(tf.constant(ids[window]),
+                                           tf.constant(scenario_id[window]), tf.constant(keep))
+            parts.append(_bce(tf.constant(labels[window]), logits).numpy())
+        return np.concatenate(parts).astype(np.float64)  # [N, T]
+
+    base = row_losses(field_ids)
+    groups = [np.flatnonzero(scenario_id == s) for s in range(num_scenarios)]
+    sums = np.zeros([2, num_scenarios, num_tasks, num_fields])
+    for f in range(num_fields):
+        increase = np.zeros_like(base)
+        for _ in range(repeats):
+            permuted = field_ids.copy()
+            for rows in groups:
+                permuted[rows, f] = field_ids[rng.permutation(rows), f]
+            increase += row_losses(permuted) - base
+        increase /= repeats
+        for s, rows in enumerate(groups):
+            sums[0, s, :, f] = increase[rows].sum(0)
+            sums[1, s, :, f] = np.square(increase[rows]).sum(0)
+    return sums, np.array([len(rows) for rows in groups], np.float64)
+
+
+def permutation_decision(sums: np.ndarray, squares: np.ndarray, rows: np.ndarray,
+                         z: float, min_rows: int) -> Dict[str, np.ndarray]:
+    """Which fields each (scenario, task) path keeps, from held-out loss increases.
+
+    ``sums``, ``squares``: ``[S, T, F]`` sums over a scenario's held-out rows of the per-row
+    loss increase when the field is permuted, and of its square; ``rows``: ``[S]``. A
+    field is kept on a path iff the mean increase exceeds ``z`` standard errors (a one-sided
+    test that the field lowers the path's loss; 1.645 is the 5% level). A scenario with
+    fewer than ``min_rows`` rows takes the decision on all scenarios' rows for each task
+    (``pooled``); if those are fewer than ``min_rows`` too, every field is kept (too few
+    rows to drop one). Returns ``kept`` (bool), ``loss_increase`` and ``z`` (each
+    scenario's own rows; NaN without rows) and ``scores`` (the increases the decision
+    used), all ``[S, T, F]``, and ``pooled`` ``[S, T]``.
+    """
+
+    def test(total, total_squares, n):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / n
+            variance = np.maximum(total_squares - n * np.square(mean), 0.0) / (n - 1)
+            z_score = np.where(variance > 0, mean / np.sqrt(variance / n),
+                               np.sign(mean) * np.where(mean != 0, np.inf, 0.0))
+        return np.where(n > 1, mean, np.nan), np.where(n > 1, z_score, np.nan)
+
+    n = np.asarray(rows, np.float64)[:, None, None]
+    loss_increase, z_own = test(sums, squares, n)
+    pooled_increase, z_pooled = test(sums.sum(0), squares.sum(0), n.sum())
+    own = (n >= min_rows)[..., 0]  # [S, 1]
+    pooled = np.broadcast_to(~own, sums.shape[:2])
+    z_used = np.where(own[..., None], z_own, z_pooled[None])
+    kept = z_used > z
+    if n.sum() < min_rows:
+        kept = np.ones_like(kept)
+    return {"kept": kept, "loss_increase": loss_increase, "z": z_own, "pooled": pooled.copy(),
+            "scores": np.where(own[..., None], loss_increase, pooled_increase[None])}
 
 
 def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int,
-                 num_tasks: int, p: Mapping[str, Any], shadows: "_ShadowFields") -> Dict[str, Any]:
-    """One search of ``p["search_epochs"]`` epochs over the fields and their ``shadows``
-    (fitted, or none). Returns the value traffic ``counts``, the hard gates ``hard``, the
-    continuous gates ``soft`` and their ``logits`` of the chosen epochs (all ``[S, rows]``
-    over the search table) and the per-epoch ``history`` (see ``search``)."""
+                 num_tasks: int, p: Mapping[str, Any], holdout: "_RowHoldout",
+                 score_last_epoch: bool = False) -> Dict[str, Any]:
+    """One search of ``p["search_epochs"]`` epochs on the rows ``holdout`` does not hold out.
+
+    Returns the value traffic ``counts`` (all rows), the hard gates ``hard`` and the
+    continuous gates ``soft`` of the chosen epochs (``[S, rows]``) and the per-epoch
+    ``history`` (see ``search``); with ``score_last_epoch`` (no epoch choice) also the
+    ``network``, the last epoch's hard gates ``last_hard`` and the ``heldout`` rows
+    ``(field_ids, scenario_id, labels)`` as numpy arrays (an empty tuple if none).
+    """
     num_fields = len(vocab_sizes)
     keras.utils.set_random_seed(p["seed"])
-    search_vocab = shadows.search_vocab_sizes  # the fields, then their shadows
-    search_fields = len(search_vocab)
     network = MultiFSSearchNetwork(
-        search_vocab, num_scenarios, num_tasks, embedding_dim=p["embedding_dim"],
+        vocab_sizes, num_scenarios, num_tasks, embedding_dim=p["embedding_dim"],
         hidden_units=p["hidden_units"], tower_units=p["tower_units"], scaling=p["scaling"],
         threshold_init=p["threshold_init"], sparsity_weight=p["sparsity_weight"],
         exclusivity_weight=p["exclusivity_weight"])
-    network((tf.zeros([1, search_fields], tf.int64), tf.zeros([1], tf.int64)))
+    network((tf.zeros([1, num_fields], tf.int64), tf.zeros([1], tf.int64)))
     gate = network.gate
     gate_vars = [gate.shared_logits, gate.scenario_logits]
     threshold_vars = [gate.threshold]
@@ -486,7 +558,7 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
         optimizer.build(variables)  # slots before tracing, so train_step traces once
     lambda_shared = float(p["lambda_shared"])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, search_fields], tf.int64),
+    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
                                   tf.TensorSpec([None], tf.int64),
                                   tf.TensorSpec([None, num_tasks], tf.float32)])
     def train_step(field_ids, scenario_id, labels):
@@ -510,7 +582,7 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
             start += len(vs)
         return total
 
-    @tf.function(input_signature=[tf.TensorSpec([None, search_fields], tf.int64),
+    @tf.function(input_signature=[tf.TensorSpec([None, num_fields], tf.int64),
                                   tf.TensorSpec([None], tf.int64),
                                   tf.TensorSpec([None, num_tasks], tf.float32),
                                   tf.TensorSpec([num_scenarios, gate.num_rows], tf.float32)])
@@ -518,18 +590,17 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
         logits = network.masked_logits(field_ids, scenario_id, keep)
         return tf.reduce_sum(_bce(labels, logits), -1)  # [B]
 
-    offsets = np.concatenate([[0], np.cumsum(search_vocab)[:-1]]).astype(np.int64)
-    upper = np.asarray(search_vocab, np.int64) - 1
-    real_rows = sum(vocab_sizes)  # the fields' rows come first in the search table
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+    upper = np.asarray(vocab_sizes, np.int64) - 1
     counts = np.zeros([num_scenarios, gate.num_rows], np.float64)
     schedule = temperature_schedule(p["search_epochs"], p["final_temperature"])
-    holdout = _RowHoldout(p["heldout_fraction"], num_fields, p["seed"])
     heldout: List[tuple] = []  # (field_ids, scenario_id, labels) of the held-out rows
+    kept_rows = 0
     history: Dict[str, list] = {"temperature": [], "threshold": [], "loss": [], "steps": [],
                                 "seconds": [], "kept_value_fraction": [],
                                 "kept_traffic_fraction": [], "shared_value_fraction": [],
                                 "kept_fields": [], "field_mask": [], "heldout_loss": []}
-    hard_path, soft_path, logit_path, heldout_losses = [], [], [], []  # per epoch
+    hard_path, soft_path, heldout_losses = [], [], []  # per epoch
     norm = gate.scaling / _sigmoid(gate.initial_value)
     for epoch, tau in enumerate(schedule):
         epoch_start = time.perf_counter()
@@ -544,16 +615,15 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
                 continue
             ids, scenarios = field_ids.numpy(), scenario_id.numpy()
             held = holdout.held_out(ids, scenarios)
-            if shadows.per_field:
-                ids = shadows.extend(ids, scenarios)
-                field_ids = tf.constant(ids)
             if epoch == 0:
                 rows = np.clip(ids, 0, upper) + offsets
                 flat = scenarios[:, None] * gate.num_rows + rows
                 counts += np.bincount(flat.ravel(), minlength=counts.size).reshape(counts.shape)
             if held.any():
-                if epoch == 0:
-                    heldout.append((ids[held], scenarios[held], labels.numpy()[held]))
+                if epoch == 0 and kept_rows < holdout.max_rows:
+                    take = np.flatnonzero(held)[:holdout.max_rows - kept_rows]
+                    heldout.append((ids[take], scenarios[take], labels.numpy()[take]))
+                    kept_rows += len(take)
                 field_ids, scenario_id, labels = (tf.constant(ids[~held]),
                                                   tf.constant(scenarios[~held]),
                                                   tf.boolean_mask(labels, ~held))
@@ -567,11 +637,10 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
         if epoch == 0 and heldout:
             heldout = [np.concatenate(part) for part in zip(*heldout)]
         hard, shared = (g.numpy() for g in gate.hard_gates())
-        soft, logits = gate.soft_gates().numpy() / norm, gate.gate_logits().numpy()
+        soft = gate.soft_gates().numpy() / norm
         hard_path.append(hard)
         soft_path.append(soft)
-        logit_path.append(logits)
-        if heldout:
+        if heldout and not score_last_epoch:
             heldout_losses.append(np.concatenate([
                 heldout_step(*(tf.constant(a[i:i + _HELDOUT_BATCH]) for a in heldout),
                              tf.constant(hard)).numpy()
@@ -584,21 +653,18 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
         history["loss"].append(float(np.mean(losses)) if losses else float("nan"))
         history["steps"].append(steps)
         history["seconds"].append(time.perf_counter() - epoch_start)
-        real = slice(0, real_rows)
-        history["kept_value_fraction"].append(hard[:, real].mean(axis=1).tolist())
+        history["kept_value_fraction"].append(hard.mean(axis=1).tolist())
         history["kept_traffic_fraction"].append(
-            (np.sum(counts[:, real] * hard[:, real], 1)
-             / np.maximum(counts[:, real].sum(1), 1)).tolist())
-        history["shared_value_fraction"].append(float(shared[real].mean()))
-        kept = _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
-                               p["min_value_coverage"])["kept"]
+            (np.sum(counts * hard, 1) / np.maximum(counts.sum(1), 1)).tolist())
+        history["shared_value_fraction"].append(float(shared.mean()))
+        kept = _field_decision(counts, hard, soft, vocab_sizes, p["min_value_coverage"])["kept"]
         history["kept_fields"].append(kept.sum(1).tolist())
         history["field_mask"].append(kept.astype(int).tolist())
     gate.temperature.assign(float(p["final_temperature"]))
 
     last = len(schedule) - 1
     chosen = [last] * num_scenarios
-    if heldout:
+    if heldout and not score_last_epoch:
         for s in range(num_scenarios):
             own = heldout[1] == s
             if own.any():
@@ -610,12 +676,14 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
                          for s in range(num_scenarios)],
         "final_temperature": float(gate.temperature.numpy()),
         "final_threshold": float(gate.threshold.numpy()),
-        "scenario_rows": [float(c) / search_fields for c in counts.sum(1)],
+        "scenario_rows": [float(c) / num_fields for c in counts.sum(1)],
     })
-    return {"counts": counts, "history": history,
-            **{name: np.stack([path[e][s] for s, e in enumerate(chosen)])
-               for name, path in (("hard", hard_path), ("soft", soft_path),
-                                  ("logits", logit_path))}}
+    result = {"counts": counts, "history": history,
+              **{name: np.stack([path[e][s] for s, e in enumerate(chosen)])
+                 for name, path in (("hard", hard_path), ("soft", soft_path))}}
+    if score_last_epoch:
+        result.update(network=network, last_hard=hard_path[-1], heldout=tuple(heldout))
+    return result
 
 
 def choose_epoch(losses: np.ndarray, kept_fields: Sequence[Sequence[float]], scenario: int,
@@ -646,41 +714,27 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def _field_decision(counts, hard, soft, logits, search_vocab, num_fields,
-                    min_value_coverage) -> Dict[str, np.ndarray]:
-    """Which fields each scenario keeps, and the per-field figures behind it.
+def _field_decision(counts, hard, soft, vocab_sizes, min_value_coverage) -> Dict[str, np.ndarray]:
+    """The value-coverage field rule, and the per-field figures of the gates.
 
-    ``counts``, ``hard``, ``soft``, ``logits``: ``[S, rows]`` over the search table (the
-    ``num_fields`` fields' rows, then ``K`` blocks of shadow rows): value traffic, hard
-    gates, continuous gates ``G^k`` and their logits (``HierarchicalValueGate.gate_logits``).
-    Returns ``coverage`` (share of the field's traffic on values ``hard`` keeps),
-    ``scores`` and ``logit_scores`` (traffic-weighted means of ``soft`` and ``logits``),
-    all ``[S, F]``, ``shadow_logit_scores`` ``[S, K, F]`` and ``kept`` ``[S, F]`` bool:
-    with shadows, a field is kept iff its logit score exceeds each of its shadows'
-    (``shadow_decision`` of one round); without, iff ``coverage >= min_value_coverage``.
-    Logits, not gates: at the final temperature the gates of open values saturate at the
-    same maximum, so a field of a few frequent values ties its shadows on the gates whether
-    it matters or not. NaN (and kept False) for a scenario without traffic.
+    ``counts``, ``hard``, ``soft``: ``[S, rows]`` over the fused table: value traffic, hard
+    gates and continuous gates ``G^k``. Returns ``coverage`` (share of the field's traffic
+    on values ``hard`` keeps), ``scores`` (traffic-weighted mean of ``soft``) and ``kept``
+    (``coverage >= min_value_coverage``), all ``[S, F]``. NaN (and kept False) for a
+    scenario without traffic.
     """
     S = counts.shape[0]
-    offsets = np.concatenate([[0], np.cumsum(search_vocab)[:-1]]).astype(np.int64)
-    figures = {name: np.full([S, len(search_vocab)], np.nan)
-               for name in ("coverage", "scores", "logit_scores")}
-    for f, (start, size) in enumerate(zip(offsets, search_vocab)):
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+    figures = {name: np.full([S, len(vocab_sizes)], np.nan) for name in ("coverage", "scores")}
+    for f, (start, size) in enumerate(zip(offsets, vocab_sizes)):
         traffic = counts[:, start:start + size]  # [S, V_f]
         total = traffic.sum(1)
-        for name, per_value in (("coverage", hard), ("scores", soft), ("logit_scores", logits)):
+        for name, per_value in (("coverage", hard), ("scores", soft)):
             with np.errstate(invalid="ignore", divide="ignore"):
                 figures[name][:, f] = (traffic * per_value[:, start:start + size]).sum(1) / total
-    shadow = figures["logit_scores"][:, num_fields:].reshape(S, -1, num_fields)
-    result = {name: value[:, :num_fields] for name, value in figures.items()}
-    if shadow.shape[1]:
-        result["kept"] = shadow_decision(result["logit_scores"][None], shadow[None])
-    else:
-        with np.errstate(invalid="ignore"):
-            result["kept"] = result["coverage"] >= min_value_coverage
-    result["shadow_logit_scores"] = shadow
-    return result
+    with np.errstate(invalid="ignore"):
+        figures["kept"] = figures["coverage"] >= min_value_coverage
+    return figures
 
 
 _HELDOUT_BATCH = 8192
@@ -702,94 +756,27 @@ def _row_uniform(keys: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
 
 
 class _RowHoldout:
-    """Deterministic held-out rows: a hash of (scenario id, field ids) below ``fraction``.
+    """Deterministic held-out rows: a hash of (scenario id, field ids) in ``[low, high)``.
 
     The decision depends on the row's content only (not on its position in a shuffled
-    pass), so the same rows are held out on every epoch.
+    pass), so the same rows are held out on every epoch; disjoint intervals of one seed
+    hold out disjoint rows (the permutation rule's folds). At most ``max_rows`` held-out
+    rows are kept for scoring (the first of the pass); the others are still not searched on.
     """
 
-    def __init__(self, fraction: float, num_fields: int, seed: int):
-        self.fraction = float(fraction)
+    def __init__(self, low: float, high: float, num_fields: int, seed: int,
+                 max_rows: Optional[int] = None):
+        self.low, self.high = float(low), float(high)
+        self.max_rows = 2 ** 62 if max_rows is None else int(max_rows)
         rng = np.random.default_rng([seed, 0x6D66])
         self.multipliers = rng.integers(1, 2 ** 63, size=num_fields + 1, dtype=np.uint64) | 1
 
     def held_out(self, field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
         """Bool ``[B]``."""
-        if self.fraction <= 0:
+        if self.high <= self.low:
             return np.zeros(len(scenario_id), bool)
-        return _row_uniform(_row_keys(field_ids, scenario_id), self.multipliers) < self.fraction
-
-
-class _ShadowFields:
-    """``per_field`` shadow copies of every field, searched beside it (Boruta's shadows).
-
-    Shadow ``j`` of field ``f`` gives each row a value drawn from ``f``'s value
-    distribution in the row's scenario (counted by ``fit``) at a number hashed from the
-    row's content: the same values and traffic per value as ``f``, no relation to the
-    labels but chance, and the same value for a row on every pass (so the search network
-    can memorise a shadow as it can a real noise field). Rows of the same content draw the
-    same shadow values, so the shadows follow their field's traffic as far as rows are
-    distinct (on recommendation logs nearly all are).
-    """
-
-    def __init__(self, vocab_sizes: Sequence[int], num_scenarios: int, per_field: int,
-                 seed: int):
-        self.vocab_sizes = [int(v) for v in vocab_sizes]
-        self.num_scenarios, self.per_field = int(num_scenarios), int(per_field)
-        rng = np.random.default_rng([seed, 0x5AD0])
-        num_fields = len(self.vocab_sizes)
-        self.multipliers = rng.integers(1, 2 ** 63, size=(self.per_field * num_fields,
-                                                          num_fields + 1), dtype=np.uint64) | 1
-        self.cdfs: List[np.ndarray] = []
-
-    @property
-    def search_vocab_sizes(self) -> List[int]:
-        """The fields' vocabulary sizes, then each block of shadows' (the same sizes)."""
-        return self.vocab_sizes * (1 + self.per_field)
-
-    def fit(self, batches) -> None:
-        """Counts each field's values per scenario over ``(field_ids, scenario_id)`` batches."""
-        S = self.num_scenarios
-        counts = [np.zeros([S, v]) for v in self.vocab_sizes]
-        for field_ids, scenario_id in batches:
-            for f, v in enumerate(self.vocab_sizes):
-                flat = scenario_id * v + np.clip(field_ids[:, f], 0, v - 1)
-                counts[f] += np.bincount(flat, minlength=S * v).reshape(S, v)
-        self.cdfs = [np.cumsum(c, 1) / np.maximum(c.sum(1, keepdims=True), 1) for c in counts]
-
-    def with_seed(self, seed: int) -> "_ShadowFields":
-        """Fresh shadows (drawn with ``seed``) of the same fitted value distributions."""
-        other = _ShadowFields(self.vocab_sizes, self.num_scenarios, self.per_field, seed)
-        other.cdfs = self.cdfs
-        return other
-
-    def extend(self, field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
-        """``[B, F]`` -> ``[B, F * (1 + per_field)]``: the row's fields, then its shadows
-        (shadow ``j`` of field ``f`` in column ``F * (1 + j) + f``)."""
-        num_fields = len(self.vocab_sizes)
-        keys = _row_keys(field_ids, scenario_id)
-        groups = [(s, scenario_id == s) for s in np.unique(scenario_id)]
-        blocks = [field_ids]
-        for j in range(self.per_field):
-            block = np.empty_like(field_ids)
-            for f, v in enumerate(self.vocab_sizes):
-                u = _row_uniform(keys, self.multipliers[j * num_fields + f])
-                for s, rows in groups:
-                    block[rows, f] = np.searchsorted(self.cdfs[f][s], u[rows], side="right")
-                block[:, f] = np.minimum(block[:, f], v - 1)
-            blocks.append(block)
-        return np.concatenate(blocks, 1)
-
-
-def _known_numpy_batches(batches_fn: BatchesFn, num_scenarios: int, num_fields: int,
-                         num_tasks: int, max_batches: Optional[int]):
-    """``(field_ids, scenario_id)`` numpy batches of the known-scenario rows of one pass."""
-    for i, (field_ids, scenario_id, labels) in enumerate(batches_fn()):
-        if max_batches is not None and i >= max_batches:
-            return
-        field_ids, scenario_id, _ = _known_rows(field_ids, scenario_id, labels, num_scenarios,
-                                                num_fields, num_tasks)
-        yield field_ids.numpy(), scenario_id.numpy()
+        u = _row_uniform(_row_keys(field_ids, scenario_id), self.multipliers)
+        return (u >= self.low) & (u < self.high)
 
 
 def _known_rows(field_ids, scenario_id, labels, num_scenarios, num_fields, num_tasks):
