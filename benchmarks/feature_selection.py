@@ -19,9 +19,9 @@ the executor runs it (``executor.run_method``), and:
         [--methods multisfs multifs mi ...] [--model mmoe] [--seeds 0] [--epochs 4]
         [--param multisfs.compress_ratio=0.3 ...]
 
-Prints the tables, saves them as JSON (``--json``, by default beside RESULTS.md) and
-appends them, with the machine and date, to benchmarks/RESULTS.md; ``--no-write`` only
-prints.
+Prints the tables, saves them as JSON (``--json``, by default beside RESULTS.md; a
+dataset this run did not measure keeps its last run's entry) and appends them, with the
+machine and date, to benchmarks/RESULTS.md; ``--no-write`` only prints.
 """
 
 import argparse
@@ -185,13 +185,33 @@ def main(argv=None):
         if baseline_auc is not None:
             for row in summary:
                 row["AUC vs none"] = row["mean AUC"] - baseline_auc
-        report["datasets"][dataset] = {"summary": summary, "quality": quality, "auc": aucs}
+        report["datasets"][dataset] = {"run": {k: report[k] for k in RUN_KEYS},
+                                       "summary": summary, "quality": quality, "auc": aucs}
         print(pd.DataFrame(summary).to_string(index=False))
         if not args.no_write:  # After every dataset: a later one may fail.
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1, default=float)
+            write_json(report, args.json)
     if not args.no_write:
         write_results(report)
+
+
+RUN_KEYS = ("date", "machine", "args", "load_before")
+
+
+def write_json(report, path: str) -> None:
+    """Writes ``report`` to ``path``, keeping the datasets of the file's earlier runs that
+    this run did not measure (each dataset's entry says which run it came from)."""
+    earlier = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+            earlier = {name: {"run": {k: previous.get(k) for k in RUN_KEYS}, **entry}
+                       for name, entry in previous.get("datasets", {}).items()}
+        except (OSError, ValueError) as error:
+            print(f"{path}: not valid JSON ({error}); rewritten with this run only")
+    merged = {**report, "datasets": {**earlier, **report["datasets"]}}
+    with open(path, "w") as f:
+        json.dump(merged, f, indent=1, default=float)
 
 
 def machine() -> str:

@@ -157,7 +157,7 @@ def test_temperature_schedule_reaches_the_final_temperature():
     ({"permutation_repeats": 0}, "permutation_repeats"),
     ({"permutation_z": -1.0}, "permutation_z"),
     ({"permutation_z": float("nan")}, "permutation_z"),
-    ({"permutation_min_rows": 1}, "permutation_min_rows"),
+    ({"permutation_events_per_field": -1}, "permutation_events_per_field"),
     ({"permutation_max_rows": 100.5}, "permutation_max_rows"),
 ])
 def test_bad_params_raise_naming_the_key(params, key):
@@ -442,30 +442,36 @@ def test_permutation_rule_keeps_each_field_on_the_paths_it_drives_only():
     assert sum(capped.diagnostics["permutation_rows"]) == 3000
 
 
-def test_permutation_decision_tests_each_path_and_pools_small_scenarios():
+def test_permutation_decision_tests_each_path_and_pools_paths_with_few_events():
     # [S=3, T=1, F=2] sums over rows of the per-row loss increase and of its square.
-    rows = np.array([400.0, 400.0, 50.0])
+    rows = np.array([400.0, 400.0, 500.0])
+    positives = np.array([[200.0], [380.0], [10.0]])  # rarer label: 200, 20, 10 examples
     mean = np.array([[[0.02, 0.001]], [[0.0, 0.05]], [[0.5, -0.1]]])
     variance = np.array([[[0.01, 0.01]], [[0.01, 0.01]], [[1.0, 1.0]]])
     n = rows[:, None, None]
     sums, squares = mean * n, (variance * (n - 1) / n + mean ** 2) * n
-    d = multifs.permutation_decision(sums, squares, rows, z=1.645, min_rows=100)
-    se = np.sqrt(variance / n)
-    np.testing.assert_allclose(d["z"], mean / se)
+    d = multifs.permutation_decision(sums, squares, rows, positives, z=1.645,
+                                     events_per_field=10)
+    np.testing.assert_allclose(d["z"], mean / np.sqrt(variance / n))
     np.testing.assert_allclose(d["loss_increase"], mean)
-    # Scenario 0: z = 4 and 0.2; scenario 1: 0 and 10. Scenario 2 has 50 rows < 100, so
-    # it takes the decision on all 850 rows (field 0: mean 0.0388 over a large variance).
+    # Scenario 0 (z = 4 and 0.2) and scenario 1 (20 events, just enough for 2 fields: z = 0
+    # and 10) decide alone. Scenario 2 has many rows but 10 events < 10 per field: it takes
+    # the decision on all 1300 rows (field 0: mean 0.2 over a large variance).
     total, total_squares = sums.sum(0), squares.sum(0)
-    pooled_mean = total / 850
-    pooled_z = pooled_mean / np.sqrt((total_squares - 850 * pooled_mean ** 2) / 849 / 850)
+    pooled_mean = total / 1300
+    pooled_z = pooled_mean / np.sqrt((total_squares - 1300 * pooled_mean ** 2) / 1299 / 1300)
     assert d["pooled"].tolist() == [[False], [False], [True]]
-    expected_pooled = (pooled_z > 1.645)[0]
-    assert d["kept"].tolist() == [[[True, False]], [[False, True]], [expected_pooled.tolist()]]
+    assert d["kept"][:2].tolist() == [[[True, False]], [[False, True]]]
+    np.testing.assert_array_equal(d["kept"][2], pooled_z > 1.645)
+    assert d["kept"][2].tolist() == [[True, False]]
     np.testing.assert_allclose(d["scores"][2], pooled_mean)
     np.testing.assert_allclose(d["scores"][:2], mean[:2])
-    # Too few rows in all: every field is kept. A scenario without rows has NaN figures.
-    few = multifs.permutation_decision(sums[:1], squares[:1], rows[:1], 1.645, min_rows=1000)
-    assert np.all(few["kept"])
+    # Too few events in all: every field is kept. A scenario without rows has NaN figures.
+    few = multifs.permutation_decision(sums, squares, rows, np.array([[1.0], [2.0], [3.0]]),
+                                       1.645, events_per_field=10)
+    assert np.all(few["kept"]) and np.all(few["pooled"])
     empty = multifs.permutation_decision(np.zeros([2, 1, 2]), np.zeros([2, 1, 2]),
-                                         np.array([400.0, 0.0]), 1.645, min_rows=100)
+                                         np.array([400.0, 0.0]), np.array([[200.0], [0.0]]),
+                                         1.645, events_per_field=10)
     assert np.all(np.isnan(empty["z"][1])) and empty["pooled"].tolist() == [[False], [True]]
+    assert not empty["kept"].any()  # no increase at all: nothing is kept

@@ -70,9 +70,9 @@ the other folds' rows (same seed and schedule) ends with its hard masks, and on 
 rows each field's column is permuted among the rows of the same scenario
 (``permutation_repeats`` times; the per-row loss increase is averaged over them). Field
 ``f`` is kept on path ``(s, t)`` iff task ``t``'s BCE on scenario ``s``'s rows rises by
-more than ``permutation_z`` standard errors (``permutation_decision``; a scenario with
-fewer than ``permutation_min_rows`` held-out rows takes the decision on all scenarios'
-rows). Permuting within the scenario keeps the field's values and traffic there, so a
+more than ``permutation_z`` standard errors (``permutation_decision``; a path whose
+rarer label has fewer than ``permutation_events_per_field`` held-out examples per field
+takes the decision on all scenarios' rows of its task). Permuting within the scenario keeps the field's values and traffic there, so a
 frequent noise field costs nothing when permuted while a field that matters in one
 scenario, or for one task, is kept there only. The value masks are the paper's search's
 (on all rows), so the Trainer applies the same value masks under either rule. On the
@@ -117,7 +117,7 @@ DEFAULT_PARAMS: Dict[str, Any] = {
     "permutation_folds": 2,
     "permutation_repeats": 3,
     "permutation_z": 1.645,
-    "permutation_min_rows": 1000,
+    "permutation_events_per_field": 10,
     "permutation_max_rows": 500_000,
     "min_value_coverage": 0.5,
     "max_steps_per_epoch": None,
@@ -324,7 +324,7 @@ CHECKS = {
     "permutation_folds": (lambda v: _is_int(v, 2), "an integer >= 2"),
     "permutation_repeats": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "permutation_z": (lambda v: _is_number(v, 0.0), "a number >= 0 (standard errors)"),
-    "permutation_min_rows": (lambda v: _is_int(v, 2), "an integer >= 2"),
+    "permutation_events_per_field": (lambda v: _is_number(v, 0.0), "a number >= 0"),
     "permutation_max_rows": (lambda v: _is_int(v, 2), "an integer >= 2"),
     "min_value_coverage": (lambda v: _is_number(v, 0.0, 1.0, low_open=True), "a number in (0, 1]"),
     "max_steps_per_epoch": (lambda v: v is None or _is_int(v, 1), "null or an integer >= 1"),
@@ -376,8 +376,8 @@ def search(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenarios: int
     ``gate_scores`` (``[S, F]``) of the chosen epochs, ``scenario_rows`` (all rows,
     held-out included). With the permutation rule: ``permutation_z`` and
     ``permutation_loss_increase`` (``[S, T, F]``, each scenario's own rows),
-    ``permutation_rows`` (``[S]``), ``permutation_pooled`` (``[S, T]``: decided on all
-    scenarios' rows) and ``fold_seconds``. Last, ``search_seconds`` (all searches).
+    ``permutation_rows`` (``[S]``), ``permutation_positives`` and ``permutation_pooled``
+    (``[S, T]``: decided on all scenarios' rows) and ``fold_seconds``. Last, ``search_seconds`` (all searches).
     """
     p = resolve_params(params)
     vocab_sizes = [int(v) for v in vocab_sizes]
@@ -425,7 +425,7 @@ def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_sce
     the diagnostics ``search`` documents."""
     folds = p["permutation_folds"]
     totals = np.zeros([2, num_scenarios, num_tasks, len(vocab_sizes)])
-    rows = np.zeros(num_scenarios)
+    rows, positives = np.zeros(num_scenarios), np.zeros([num_scenarios, num_tasks])
     seconds = []
     for fold in range(folds):
         fold_start = time.perf_counter()
@@ -434,19 +434,20 @@ def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_sce
         searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
                                 {**p, "heldout_fraction": 0.0}, holdout, score_last_epoch=True)
         if searched["heldout"]:
-            sums, counts = permutation_loss_increase(
+            sums, counts, fold_positives = permutation_loss_increase(
                 searched["network"], searched["last_hard"], *searched["heldout"],
                 num_scenarios, p["permutation_repeats"],
                 np.random.default_rng([p["seed"], fold, 0x9E37]))
             totals += sums
             rows += counts
+            positives += fold_positives
         seconds.append(time.perf_counter() - fold_start)
-    decision = permutation_decision(totals[0], totals[1], rows, p["permutation_z"],
-                                    p["permutation_min_rows"])
+    decision = permutation_decision(totals[0], totals[1], rows, positives, p["permutation_z"],
+                                    p["permutation_events_per_field"])
     return {"kept": decision["kept"], "scores": decision["scores"],
             "permutation_z": decision["z"].tolist(),
             "permutation_loss_increase": decision["loss_increase"].tolist(),
-            "permutation_rows": rows.tolist(),
+            "permutation_rows": rows.tolist(), "permutation_positives": positives.tolist(),
             "permutation_pooled": decision["pooled"].tolist(), "fold_seconds": seconds}
 
 
@@ -459,9 +460,9 @@ def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
 
     ``network`` is scored with its hard masks ``keep`` ``[S, rows]`` applied
     (``masked_logits``) on rows it never searched on (``field_ids [N, F]``,
-    ``scenario_id [N]``, ``labels [N, T]``). Returns ``(sums [2, S, T, F], rows [S])``:
-    the sum over each scenario's rows of the per-row increase and of its square (BCE of
-    each task, nats), and the scenario's row count.
+    ``scenario_id [N]``, ``labels [N, T]``). Returns ``(sums [2, S, T, F], rows [S],
+    positives [S, T])``: the sum over each scenario's rows of the per-row increase and of
+    its square (BCE of each task, nats), the scenario's row count and its positive labels.
     """
     num_fields, num_tasks = field_ids.shape[1], labels.shape[1]
 
@@ -488,22 +489,26 @@ def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
         for s, rows in enumerate(groups):
             sums[0, s, :, f] = increase[rows].sum(0)
             sums[1, s, :, f] = np.square(increase[rows]).sum(0)
-    return sums, np.array([len(rows) for rows in groups], np.float64)
+    return (sums, np.array([len(rows) for rows in groups], np.float64),
+            np.stack([labels[rows].sum(0) for rows in groups]).astype(np.float64))
 
 
 def permutation_decision(sums: np.ndarray, squares: np.ndarray, rows: np.ndarray,
-                         z: float, min_rows: int) -> Dict[str, np.ndarray]:
+                         positives: np.ndarray, z: float,
+                         events_per_field: float) -> Dict[str, np.ndarray]:
     """Which fields each (scenario, task) path keeps, from held-out loss increases.
 
     ``sums``, ``squares``: ``[S, T, F]`` sums over a scenario's held-out rows of the per-row
-    loss increase when the field is permuted, and of its square; ``rows``: ``[S]``. A
-    field is kept on a path iff the mean increase exceeds ``z`` standard errors (a one-sided
-    test that the field lowers the path's loss; 1.645 is the 5% level). A scenario with
-    fewer than ``min_rows`` rows takes the decision on all scenarios' rows for each task
-    (``pooled``); if those are fewer than ``min_rows`` too, every field is kept (too few
-    rows to drop one). Returns ``kept`` (bool), ``loss_increase`` and ``z`` (each
-    scenario's own rows; NaN without rows) and ``scores`` (the increases the decision
-    used), all ``[S, T, F]``, and ``pooled`` ``[S, T]``.
+    loss increase when the field is permuted, and of its square; ``rows``: ``[S]``;
+    ``positives``: ``[S, T]`` positive labels among them. A field is kept on a path iff the
+    mean increase exceeds ``z`` standard errors (a one-sided test that the field lowers the
+    path's loss; 1.645 is the 5% level). A path has too little to test on when its rarer
+    label has fewer than ``events_per_field`` examples per field (the events-per-variable
+    rule of thumb for logistic models, 10): it takes the decision on all scenarios' rows of
+    its task (``pooled``), and if those are too few as well, keeps every field. Returns
+    ``kept`` (bool), ``loss_increase`` and ``z`` (each scenario's own rows; NaN without
+    rows) and ``scores`` (the increases the decision used), all ``[S, T, F]``, and
+    ``pooled`` ``[S, T]``.
     """
 
     def test(total, total_squares, n):
@@ -515,15 +520,16 @@ def permutation_decision(sums: np.ndarray, squares: np.ndarray, rows: np.ndarray
         return np.where(n > 1, mean, np.nan), np.where(n > 1, z_score, np.nan)
 
     n = np.asarray(rows, np.float64)[:, None, None]
+    positives = np.asarray(positives, np.float64)
     loss_increase, z_own = test(sums, squares, n)
     pooled_increase, z_pooled = test(sums.sum(0), squares.sum(0), n.sum())
-    own = (n >= min_rows)[..., 0]  # [S, 1]
-    pooled = np.broadcast_to(~own, sums.shape[:2])
-    z_used = np.where(own[..., None], z_own, z_pooled[None])
-    kept = z_used > z
-    if n.sum() < min_rows:
-        kept = np.ones_like(kept)
-    return {"kept": kept, "loss_increase": loss_increase, "z": z_own, "pooled": pooled.copy(),
+    min_events = events_per_field * sums.shape[-1]
+    own = np.minimum(positives, n[..., 0] - positives) >= min_events  # [S, T]
+    total = positives.sum(0)
+    testable = np.minimum(total, n.sum() - total) >= min_events  # [T]
+    kept = np.where(own[..., None], z_own > z, z_pooled[None] > z)
+    kept = kept | ~testable[None, :, None]
+    return {"kept": kept, "loss_increase": loss_increase, "z": z_own, "pooled": ~own,
             "scores": np.where(own[..., None], loss_increase, pooled_increase[None])}
 
 
