@@ -392,7 +392,7 @@ def test_permutation_rule_drops_a_few_valued_noise_field_the_coverage_cut_keeps(
     assert np.all(result.mask[:, :, 0] == 1) and np.all(result.mask[:, :, 1] == 0)
     d = result.diagnostics
     z = np.array(d["permutation_z"])
-    assert z.shape == (2, 2, 2) and np.all(z[:, :, 0] > 5) and np.all(z[:, :, 1] < 1.645)
+    assert z.shape == (2, 2, 2) and np.all(z[:, :, 0] > 5) and np.all(z[:, :, 1] < 1.0)
     # Every row is held out by exactly one fold: both folds together score all 6000 rows.
     assert sum(d["permutation_rows"]) == 6000 and len(d["fold_seconds"]) == 2
     assert not np.any(d["permutation_pooled"])
@@ -422,23 +422,27 @@ def path_specific_data(rows=8000, seed=0):
     return field_ids, scenario_id, labels
 
 
+# Strong planted effects: a strict threshold keeps this about routing, not about the
+# chance (16% per test at the default z = 1) that a noise field passes.
+PATH_PARAMS = {"search_epochs": 3, "seed": 1, "permutation_z": 3.0}
+
+
 def test_permutation_rule_keeps_each_field_on_the_paths_it_drives_only():
     result = search(batches_of(*path_specific_data()), [5] * 4, num_scenarios=2, num_tasks=2,
-                    params={"search_epochs": 3, "seed": 1})
+                    params=PATH_PARAMS)
     expected = np.array([[[1, 0, 0, 0], [0, 1, 0, 0]],    # scenario 0: task 0, task 1
                          [[1, 0, 1, 0], [0, 1, 1, 0]]])   # scenario 1
     np.testing.assert_array_equal(result.mask, expected)
     # The gates alone cannot say this: the value-coverage rule is one decision per scenario.
     by_coverage = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
-                         {"search_epochs": 3, "seed": 1, "field_rule": "value_coverage"})
+                         {**PATH_PARAMS, "field_rule": "value_coverage"})
     assert np.all(by_coverage.mask[:, 0] == by_coverage.mask[:, 1])
     # Deterministic given the seed, and the held-out rows are capped.
-    again = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
-                   {"search_epochs": 3, "seed": 1})
+    again = search(batches_of(*path_specific_data()), [5] * 4, 2, 2, PATH_PARAMS)
     np.testing.assert_array_equal(again.mask, result.mask)
     np.testing.assert_allclose(again.scores, result.scores, rtol=1e-6)
     capped = search(batches_of(*path_specific_data()), [5] * 4, 2, 2,
-                    {"search_epochs": 3, "seed": 1, "permutation_max_rows": 3000})
+                    {**PATH_PARAMS, "permutation_max_rows": 3000})
     assert sum(capped.diagnostics["permutation_rows"]) == 3000
 
 
