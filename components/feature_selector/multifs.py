@@ -482,13 +482,14 @@ def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
     base = row_losses(field_ids)
     groups = [np.flatnonzero(scenario_id == s) for s in range(num_scenarios)]
     sums = np.zeros([2, num_scenarios, num_tasks, num_fields])
+    permuted = field_ids.copy()  # one column at a time differs from field_ids
     for f in range(num_fields):
         increase = np.zeros_like(base)
         for _ in range(repeats):
-            permuted = field_ids.copy()
             for rows in groups:
                 permuted[rows, f] = field_ids[rng.permutation(rows), f]
             increase += row_losses(permuted) - base
+        permuted[:, f] = field_ids[:, f]
         increase /= repeats
         for s, rows in enumerate(groups):
             sums[0, s, :, f] = increase[rows].sum(0)
