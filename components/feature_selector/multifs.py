@@ -513,10 +513,9 @@ def permutation_decision(sums: np.ndarray, squares: np.ndarray, rows: np.ndarray
     when its rarer label has fewer than ``events_per_field`` examples per field (the
     events-per-variable rule of thumb for logistic models, 10): it takes the decision on
     all scenarios' rows of its task (``pooled``), and if those are too few as well, keeps
-    every field. Returns
-    ``kept`` (bool), ``loss_increase`` and ``z`` (each scenario's own rows; NaN without
-    rows) and ``scores`` (the increases the decision used), all ``[S, T, F]``, and
-    ``pooled`` ``[S, T]``.
+    every field. Returns ``kept`` (bool), ``loss_increase`` and ``z`` (each scenario's own
+    rows; NaN without rows) and ``scores`` (the increases the decision used), all
+    ``[S, T, F]``, and ``pooled`` ``[S, T]``.
     """
 
     def test(total, total_squares, n):
