@@ -435,8 +435,8 @@ def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_sce
         fold_start = time.perf_counter()
         holdout = _RowHoldout(fold / folds, (fold + 1) / folds, len(vocab_sizes), p["seed"],
                               max_rows=p["permutation_max_rows"] // folds)
-        searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks,
-                                {**p, "heldout_fraction": 0.0}, holdout, score_last_epoch=True)
+        searched = _search_pass(batches_fn, vocab_sizes, num_scenarios, num_tasks, p, holdout,
+                                score_last_epoch=True)
         if searched["heldout"]:
             sums, counts, fold_positives = permutation_loss_increase(
                 searched["network"], searched["last_hard"], *searched["heldout"],
