@@ -439,7 +439,7 @@ def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_sce
                                 score_last_epoch=True)
         if searched["heldout"]:
             sums, counts, fold_positives = permutation_loss_increase(
-                searched["network"], searched["last_hard"], *searched["heldout"],
+                searched["heldout_step"], searched["last_hard"], *searched["heldout"],
                 num_scenarios, p["permutation_repeats"],
                 np.random.default_rng([p["seed"], fold, 0x9E37]))
             totals += sums
@@ -455,15 +455,14 @@ def _permutation_rule(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_sce
             "permutation_pooled": decision["pooled"].tolist(), "fold_seconds": seconds}
 
 
-def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
-                              field_ids: np.ndarray, scenario_id: np.ndarray,
-                              labels: np.ndarray, num_scenarios: int, repeats: int,
-                              rng: np.random.Generator):
+def permutation_loss_increase(heldout_step, keep: np.ndarray, field_ids: np.ndarray,
+                              scenario_id: np.ndarray, labels: np.ndarray, num_scenarios: int,
+                              repeats: int, rng: np.random.Generator):
     """Per-row held-out loss increase when a field's column is permuted among the rows of
     the same scenario, averaged over ``repeats`` permutations.
 
-    ``network`` is scored with its hard masks ``keep`` ``[S, rows]`` applied
-    (``masked_logits``) on rows it never searched on (``field_ids [N, F]``,
+    A search network's ``heldout_step`` (``_search_pass``) scores it with its hard masks
+    ``keep`` ``[S, rows]`` applied on rows it never searched on (``field_ids [N, F]``,
     ``scenario_id [N]``, ``labels [N, T]``). Returns ``(sums [2, S, T, F], rows [S],
     positives [S, T])``: the sum over each scenario's rows of the per-row increase and of
     its square (BCE of each task, nats), the scenario's row count and its positive labels.
@@ -471,13 +470,7 @@ def permutation_loss_increase(network: "MultiFSSearchNetwork", keep: np.ndarray,
     num_fields, num_tasks = field_ids.shape[1], labels.shape[1]
 
     def row_losses(ids):
-        parts = []
-        for i in range(0, len(scenario_id), _HELDOUT_BATCH):
-            window = slice(i, i + _HELDOUT_BATCH)
-            logits = network.masked_logits(tf.constant(ids[window]),
-                                           tf.constant(scenario_id[window]), tf.constant(keep))
-            parts.append(_bce(tf.constant(labels[window]), logits).numpy())
-        return np.concatenate(parts).astype(np.float64)  # [N, T]
+        return _heldout_bce(heldout_step, keep, ids, scenario_id, labels)
 
     base = row_losses(field_ids)
     groups = [np.flatnonzero(scenario_id == s) for s in range(num_scenarios)]
@@ -548,7 +541,8 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
     Returns the value traffic ``counts`` (all rows), the hard gates ``hard`` and the
     continuous gates ``soft`` of the chosen epochs (``[S, rows]``) and the per-epoch
     ``history`` (see ``search``); with ``score_last_epoch`` (no epoch choice) also the
-    ``network``, the last epoch's hard gates ``last_hard`` and the ``heldout`` rows
+    network's ``heldout_step`` (per-row, per-task BCE with hard masks applied, for
+    ``_heldout_bce``), the last epoch's hard gates ``last_hard`` and the ``heldout`` rows
     ``(field_ids, scenario_id, labels)`` as numpy arrays (an empty tuple if none).
     """
     num_fields = len(vocab_sizes)
@@ -600,8 +594,7 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
                                   tf.TensorSpec([None, num_tasks], tf.float32),
                                   tf.TensorSpec([num_scenarios, gate.num_rows], tf.float32)])
     def heldout_step(field_ids, scenario_id, labels, keep):
-        logits = network.masked_logits(field_ids, scenario_id, keep)
-        return tf.reduce_sum(_bce(labels, logits), -1)  # [B]
+        return _bce(labels, network.masked_logits(field_ids, scenario_id, keep))  # [B, T]
 
     offsets = np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
     upper = np.asarray(vocab_sizes, np.int64) - 1
@@ -654,10 +647,7 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
         hard_path.append(hard)
         soft_path.append(soft)
         if heldout and not score_last_epoch:
-            heldout_losses.append(np.concatenate([
-                heldout_step(*(tf.constant(a[i:i + _HELDOUT_BATCH]) for a in heldout),
-                             tf.constant(hard)).numpy()
-                for i in range(0, len(heldout[1]), _HELDOUT_BATCH)]))
+            heldout_losses.append(_heldout_bce(heldout_step, hard, *heldout).sum(1))
             history["heldout_loss"].append([
                 float(heldout_losses[-1][heldout[1] == s].mean()) if np.any(heldout[1] == s)
                 else float("nan") for s in range(num_scenarios)])
@@ -695,7 +685,8 @@ def _search_pass(batches_fn: BatchesFn, vocab_sizes: Sequence[int], num_scenario
               **{name: np.stack([path[e][s] for s, e in enumerate(chosen)])
                  for name, path in (("hard", hard_path), ("soft", soft_path))}}
     if score_last_epoch:
-        result.update(network=network, last_hard=hard_path[-1], heldout=tuple(heldout))
+        result.update(heldout_step=heldout_step, last_hard=hard_path[-1],
+                      heldout=tuple(heldout))
     return result
 
 
@@ -751,6 +742,18 @@ def _field_decision(counts, hard, soft, vocab_sizes, min_value_coverage) -> Dict
 
 
 _HELDOUT_BATCH = 8192
+
+
+def _heldout_bce(heldout_step, keep: np.ndarray, field_ids: np.ndarray,
+                 scenario_id: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``heldout_step``'s BCE per row and task ``[N, T]`` (float64) over held-out rows, in
+    windows of ``_HELDOUT_BATCH`` rows, with the hard masks ``keep`` ``[S, rows]``."""
+    keep = tf.constant(keep, tf.float32)
+    return np.concatenate([
+        heldout_step(tf.constant(field_ids[i:i + _HELDOUT_BATCH]),
+                     tf.constant(scenario_id[i:i + _HELDOUT_BATCH]),
+                     tf.constant(labels[i:i + _HELDOUT_BATCH]), keep).numpy()
+        for i in range(0, len(scenario_id), _HELDOUT_BATCH)]).astype(np.float64)
 
 
 def _row_keys(field_ids: np.ndarray, scenario_id: np.ndarray) -> np.ndarray:
