@@ -79,7 +79,7 @@ only. The value masks are the paper's search's (on all rows), so the Trainer app
 same value masks under either rule. On the
 synthetic benchmark (benchmarks/RESULTS.md, session 9) the permutation rule lifts the
 planted-field F1 from 0.868 to 0.953 (mean of selector seeds 0-7, 0.936-0.970) in three
-searches' time (16-18 s against 5 s on 50,000 rows), and the retrained MMoE gains AUC
+searches' time (13 s against 5 s on 50,000 rows), and the retrained MMoE gains AUC
 over no selection (+0.0034, mean of those seeds); the value-coverage rule stays for the
 paper's behaviour.
 
