@@ -17,6 +17,7 @@ import tensorflow_transform as tft
 from tensorflow_transform import schema_inference
 
 from models import features
+from models import vocabularies as vocabularies_lib
 from pipeline.specs import DatasetSpec
 
 
@@ -50,13 +51,28 @@ def scenario_key(inputs: Dict[str, Any], spec: DatasetSpec, depth: int) -> tf.Te
 
 
 def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]:
-    outputs = {}
+    # Every vocabulary (the fields' and the scenario levels') in one analyzer: one pass, one
+    # set of Beam stages instead of one per vocabulary.
+    columns, vocabularies, output_keys = {}, [], []
     for field in spec.categorical_fields:
-        outputs[field.name] = tft.compute_and_apply_vocabulary(
-            _dense(inputs[field.name], b""), top_k=field.top_k,
-            frequency_threshold=field.frequency_threshold,
-            num_oov_buckets=field.num_oov_buckets,
-            vocab_filename=features.vocabulary_name(field.name))
+        name = features.vocabulary_name(field.name)
+        columns[name] = _dense(inputs[field.name], b"")
+        vocabularies.append(vocabularies_lib.Vocabulary(
+            name, frequency_threshold=field.frequency_threshold, top_k=field.top_k,
+            num_oov_buckets=field.num_oov_buckets))
+        output_keys.append(field.name)
+    depth = len(spec.scenario_columns)
+    for level in range(depth):
+        name = (features.SCENARIO_VOCABULARY if level == depth - 1
+                else f"{features.SCENARIO_VOCABULARY}_level_{level}")
+        columns[name] = scenario_key(inputs, spec, level + 1)
+        vocabularies.append(vocabularies_lib.Vocabulary(name, num_oov_buckets=1))
+        output_keys.append(features.SCENARIO_ID if level == depth - 1
+                           else features.scenario_level_id(level))
+    vocabulary_ids = vocabularies_lib.compute_and_apply_vocabularies(columns, vocabularies)
+    vocabulary_ids = {key: vocabulary_ids[vocabulary.name]
+                      for key, vocabulary in zip(output_keys, vocabularies)}
+    outputs = {field.name: vocabulary_ids.pop(field.name) for field in spec.categorical_fields}
     # One element-wise quantiles analyzer per bucket count, not one per field: the fields
     # are stacked [batch, k] and sketched as k streams of one combiner (1.5x faster
     # Transform on 63 numericals, benchmarks/RESULTS.md). Quantiles ignore NaN.
@@ -73,14 +89,7 @@ def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]
             # Ids 0..num_buckets - 1, and num_buckets for a missing value.
             schema_inference.set_tensor_schema_override(
                 outputs[name], tf.constant(0, tf.int64), tf.constant(num_buckets, tf.int64))
-    depth = len(spec.scenario_columns)
-    outputs[features.SCENARIO_ID] = tft.compute_and_apply_vocabulary(
-        scenario_key(inputs, spec, depth), num_oov_buckets=1,
-        vocab_filename=features.SCENARIO_VOCABULARY)
-    for level in range(depth - 1):
-        outputs[features.scenario_level_id(level)] = tft.compute_and_apply_vocabulary(
-            scenario_key(inputs, spec, level + 1), num_oov_buckets=1,
-            vocab_filename=f"{features.SCENARIO_VOCABULARY}_level_{level}")
+    outputs.update(vocabulary_ids)  # The scenario ids.
     for task in spec.task_names:
         outputs[features.label_key(task)] = tf.cast(_dense(inputs[task], 0), tf.float32)
     return outputs
