@@ -1,4 +1,5 @@
-"""Custom TFX components: the spec-driven ExampleGen executor, FeatureSelector, MSMT Trainer."""
+"""Custom TFX components: the spec-driven ExampleGen executor, Transform on a fast-gzip
+Beam pipeline, FeatureSelector, MSMT Trainer."""
 
 import os
 

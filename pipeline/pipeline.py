@@ -10,6 +10,7 @@ from components.example_gen.executor import make_example_gen
 from components.feature_selector import FeatureSelector
 from components.trainer import MSMTTrainer
 from components.trainer.component import MSMTTuner
+from components.transform import Transform
 from pipeline.specs import DatasetSpec
 
 
@@ -51,7 +52,7 @@ def create_pipeline(
             strategy_class=LatestArtifactIfAnyStrategy,
             cache=tfx.dsl.Channel(type=tfx.types.standard_artifacts.TransformCache),
         ).with_id("latest_transform_cache_resolver")
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=preprocessing_fn, custom_config=transform_config,
         analyzer_cache=analyzer_cache.outputs["cache"] if analyzer_cache else None,

@@ -29,6 +29,17 @@ def test_every_component_ran(pipeline_runs):
     assert {c: first.component_states[c] for c in COMPONENTS} == {c: "ran" for c in COMPONENTS}
 
 
+def test_transformed_examples_are_written_at_gzip_level_1(pipeline_runs):
+    """components.transform.Transform: TFX's executor on a FastGzipPipeline."""
+    _, first, _, _ = pipeline_runs
+    files = glob.glob(os.path.join(first.uri("Transform.transformed_examples"), "Split-*", "*.gz"))
+    assert len(files) >= 2
+    for path in files:
+        with open(path, "rb") as f:
+            header = f.read(10)
+        assert header[:3] == b"\x1f\x8b\x08" and header[8] == 4  # gzip, XFL 4: the fastest level.
+
+
 def test_unchanged_inputs_are_served_from_cache(pipeline_runs):
     _, first, (second, third), _ = pipeline_runs
     assert len({first.run_id, second.run_id, third.run_id}) == 3
