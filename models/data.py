@@ -75,7 +75,7 @@ def count_scenarios(dataset: tf.data.Dataset, num_scenarios: int) -> np.ndarray:
 
 def scenario_level_sizes(tft_output: tft.TFTransformOutput, spec: DatasetSpec) -> List[int]:
     """Id range (vocabulary + OOV) of each coarser level of the scenario hierarchy."""
-    return [int(tft_output.vocabulary_size_by_name(f"{features.SCENARIO_VOCABULARY}_level_{i}")) + 1
+    return [int(tft_output.vocabulary_size_by_name(features.scenario_level_vocabulary(i))) + 1
             for i in range(len(spec.scenario_columns) - 1)]
 
 

@@ -10,6 +10,11 @@ def scenario_level_id(level: int) -> str:
     return f"scenario_level_{level}_id"
 
 
+def scenario_level_vocabulary(level: int) -> str:
+    """Vocabulary of a coarser level of a scenario hierarchy (the finest is SCENARIO_VOCABULARY)."""
+    return f"{SCENARIO_VOCABULARY}_level_{level}"
+
+
 def vocabulary_name(field: str) -> str:
     return f"vocab_{field}"
 

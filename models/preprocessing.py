@@ -64,7 +64,7 @@ def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]
     depth = len(spec.scenario_columns)
     for level in range(depth):
         name = (features.SCENARIO_VOCABULARY if level == depth - 1
-                else f"{features.SCENARIO_VOCABULARY}_level_{level}")
+                else features.scenario_level_vocabulary(level))
         columns[name] = scenario_key(inputs, spec, level + 1)
         vocabularies.append(vocabularies_lib.Vocabulary(name, num_oov_buckets=1))
         output_keys.append(features.SCENARIO_ID if level == depth - 1
