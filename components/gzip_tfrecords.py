@@ -2,8 +2,8 @@
 
 Beam's ``WriteToTFRecord``, which TFX's ExampleGen and Transform write through, compresses
 ``.gz`` files at zlib's default level 6: about 31 MB/s here. On 200k rows of issue #7's
-80-column shape that was 9 of ExampleGen's 26 s and 8.5 of Transform's 49 s
-(benchmarks/RESULTS.md). Level 1 runs at about 134 MB/s into files 1.2x the size. The
+80-column shape py-spy put 9 of ExampleGen's 26 s and 8.5 of Transform's 49 s there
+(benchmarks/RESULTS.md, sessions 5 and 10). Level 1 runs at about 134 MB/s into files 1.2x the size. The
 files are otherwise Beam's (standard gzip, the same names and shards), so TFXIO, tf.data
 and Beam read them unchanged.
 
