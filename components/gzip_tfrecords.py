@@ -3,9 +3,9 @@
 Beam's ``WriteToTFRecord``, which TFX's ExampleGen and Transform write through, compresses
 ``.gz`` files at zlib's default level 6: about 31 MB/s here. On 200k rows of issue #7's
 80-column shape py-spy put 9 of ExampleGen's 26 s and 8.5 of Transform's 49 s there
-(benchmarks/RESULTS.md, sessions 5 and 10). Level 1 runs at about 134 MB/s into files 1.2x the size. The
-files are otherwise Beam's (standard gzip, the same names and shards), so TFXIO, tf.data
-and Beam read them unchanged.
+(benchmarks/RESULTS.md, sessions 5 and 10). Level 1 runs at about 134 MB/s into files 1.2x
+the size. The files are otherwise Beam's (standard gzip, the same names and shards), so
+TFXIO, tf.data and Beam read them unchanged.
 
 ``GzipTFRecordSink`` is the sink; ``FastGzipPipeline`` is a Beam pipeline that, when run,
 swaps every ``Write`` of gzipped TFRecords applied to it (such as TFX's Transform's
@@ -73,11 +73,13 @@ def _writes_gzip_tfrecords(sink) -> bool:
 
 
 class FastGzipTFRecordWrites(PTransformOverride):
-    """Replaces each ``beam.io.Write`` of gzipped TFRecords by a ``GzipTFRecordSink`` write."""
+    """Replaces each batch ``beam.io.Write`` of gzipped TFRecords by a ``GzipTFRecordSink`` write
+    (a streaming write, of an unbounded PCollection, stays Beam's: it writes per window)."""
 
     def matches(self, applied_ptransform) -> bool:
         transform = applied_ptransform.transform
-        return isinstance(transform, beam.io.Write) and _writes_gzip_tfrecords(transform.sink)
+        return (isinstance(transform, beam.io.Write) and _writes_gzip_tfrecords(transform.sink)
+                and all(pcoll.is_bounded for pcoll in applied_ptransform.inputs))
 
     def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
         sink = applied_ptransform.transform.sink

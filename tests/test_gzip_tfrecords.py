@@ -2,6 +2,7 @@
 
 import glob
 import os
+import types
 
 import apache_beam as beam
 import tensorflow as tf
@@ -57,8 +58,9 @@ def test_override_matches_only_gzipped_tfrecord_writes():
     override = gzip_tfrecords.FastGzipTFRecordWrites()
 
     class Applied:
-        def __init__(self, transform):
+        def __init__(self, transform, bounded=True):
             self.transform = transform
+            self.inputs = (types.SimpleNamespace(is_bounded=bounded),)
 
     def inner_write(transform):
         return beam.io.Write(transform._sink)  # What WriteToTFRecord.expand applies.
@@ -67,6 +69,8 @@ def test_override_matches_only_gzipped_tfrecord_writes():
     assert override.matches(Applied(inner_write(beam.io.WriteToTFRecord(
         "x", compression_type=beam.io.filesystem.CompressionTypes.GZIP))))
     assert not override.matches(Applied(inner_write(beam.io.WriteToTFRecord("x"))))
+    assert not override.matches(Applied(  # A streaming write.
+        inner_write(beam.io.WriteToTFRecord("x", file_name_suffix=".gz")), bounded=False))
     assert not override.matches(Applied(beam.io.WriteToText("x", file_name_suffix=".gz")))
     replacement = override.get_replacement_transform_for_applied_ptransform(
         Applied(inner_write(beam.io.WriteToTFRecord("dir/x", file_name_suffix=".gz", num_shards=3))))
