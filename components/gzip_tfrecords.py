@@ -7,10 +7,10 @@ Beam's ``WriteToTFRecord``, which TFX's ExampleGen and Transform write through, 
 the size. The files are otherwise Beam's (standard gzip, the same names and shards), so
 TFXIO, tf.data and Beam read them unchanged.
 
-``GzipTFRecordSink`` is the sink; ``FastGzipPipeline`` is a Beam pipeline that, when run,
-swaps every ``Write`` of gzipped TFRecords applied to it (such as TFX's Transform's
-``WriteToTFRecord``) for a ``GzipTFRecordSink`` write, through Beam's own
-``PTransformOverride``.
+``GzipTFRecordSink`` is the sink; ``FastGzipTFRecordWrites`` is the Beam
+``PTransformOverride`` that swaps every batch ``Write`` of gzipped TFRecords (such as TFX's
+Transform's ``WriteToTFRecord``) for a ``GzipTFRecordSink`` write; ``beam_pipeline.FastPipeline``
+applies it.
 """
 
 import zlib
@@ -87,10 +87,3 @@ class FastGzipTFRecordWrites(PTransformOverride):
             sink.file_path_prefix, file_name_suffix=sink.file_name_suffix,
             num_shards=sink.num_shards, shard_name_template=sink.shard_name_template))
 
-
-class FastGzipPipeline(beam.Pipeline):
-    """A Beam pipeline whose gzipped TFRecord writes run at ``COMPRESSION_LEVEL``."""
-
-    def run(self, test_runner_api="AUTO"):
-        self.replace_all([FastGzipTFRecordWrites()])
-        return super().run(test_runner_api)

@@ -6,8 +6,10 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from components.evaluator import Evaluator
 from components.example_gen.executor import make_example_gen
 from components.feature_selector import FeatureSelector
+from components.statistics_gen import StatisticsGen
 from components.trainer import MSMTTrainer
 from components.trainer.component import MSMTTuner
 from components.transform import Transform
@@ -41,7 +43,7 @@ def create_pipeline(
     transform_analyzer_cache: bool = False,  # Transform reuses the latest run's analyzer results.
 ) -> tfx.dsl.Pipeline:
     example_gen = make_example_gen(dataset_spec, input_base=data_root)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     example_validator = tfx.components.ExampleValidator(
@@ -83,7 +85,7 @@ def create_pipeline(
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"], schema=schema_gen.outputs["schema"],
         eval_config=eval_config)

@@ -30,7 +30,7 @@ def test_every_component_ran(pipeline_runs):
 
 
 def test_transformed_examples_are_written_at_gzip_level_1(pipeline_runs):
-    """components.transform.Transform: TFX's executor on a FastGzipPipeline."""
+    """components.transform.Transform: TFX's executor on a FastPipeline."""
     _, first, _, _ = pipeline_runs
     files = glob.glob(os.path.join(first.uri("Transform.transformed_examples"), "Split-*", "*.gz"))
     assert len(files) >= 2

@@ -1,4 +1,4 @@
-"""TFX's Transform, its transformed examples written at a fast gzip level."""
+"""TFX's Transform, decoding through tf.io.parse_example and writing at a fast gzip level."""
 
 from components.transform.component import Transform
 

@@ -1,8 +1,9 @@
-"""TFX's Transform, writing its transformed examples at a fast gzip level.
+"""TFX's Transform on a ``FastPipeline`` (``components/beam_pipeline.py``).
 
 The executor is TFX's own (``tfx.components.transform.executor.Executor``); only the Beam
-pipeline it builds differs: a ``FastGzipPipeline``, whose gzipped TFRecord writes (the
-materialized transformed examples) run at gzip level 1 instead of 6
+pipeline it builds differs: its tf.Example decoding (analysis and materialization) runs
+through ``tf.io.parse_example`` (``components/example_decoding.py``) and its gzipped
+TFRecord writes (the materialized transformed examples) at gzip level 1 instead of 6
 (``components/gzip_tfrecords.py``). Inputs, outputs, parameters and artifacts are TFX's.
 """
 
@@ -10,16 +11,11 @@ from tfx import v1 as tfx
 from tfx.components.transform import executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 
-from components import gzip_tfrecords
+from components.beam_pipeline import FastPipelineExecutor
 
 
-class Executor(transform_executor.Executor):
-    """TFX's Transform executor on a ``FastGzipPipeline``."""
-
-    def _make_beam_pipeline(self):
-        if self._make_beam_pipeline_fn is not None:  # The orchestrator makes the pipeline.
-            return super()._make_beam_pipeline()
-        return gzip_tfrecords.FastGzipPipeline(argv=self._beam_pipeline_args)
+class Executor(FastPipelineExecutor, transform_executor.Executor):
+    """TFX's Transform executor on a ``FastPipeline``."""
 
 
 class Transform(tfx.components.Transform):
