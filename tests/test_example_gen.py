@@ -713,6 +713,44 @@ def test_written_order_does_not_depend_on_the_random_state(synthetic_spec, tmp_p
     assert len(orders[0]) > 50 and orders[0] == orders[1]
 
 
+IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def test_only_the_in_process_one_worker_runner_counts_as_keeping_order():
+    assert write.runner_keeps_order(IN_MEMORY)
+    assert not write.runner_keeps_order(None)  # Beam picks the runner: shuffle
+    assert not write.runner_keeps_order(
+        ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert not write.runner_keeps_order(["--runner=DataflowRunner", "--project=p"])
+    assert not write.runner_keeps_order(["--runner=FlinkRunner"])
+
+
+def test_the_in_memory_runner_shuffle_moves_nothing(synthetic_spec, tmp_path, monkeypatch):
+    """The premise of skipping it there: with the shuffle forced on, the in-memory runner
+    writes the input order, the order the executor writes without it. If a Beam release
+    starts moving examples there, this fails and ``runner_keeps_order`` must go."""
+    orders = {}
+    for shuffle in (True, False):
+        monkeypatch.setattr(write, "runner_keeps_order", lambda args, keep=not shuffle: keep)
+        examples = standard_artifacts.Examples()
+        examples.uri = str(tmp_path / str(shuffle))
+        ex.Executor(ex.Executor.Context(beam_pipeline_args=IN_MEMORY)).Do(
+            {}, {"examples": [examples]}, dict(ex.make_example_gen(synthetic_spec).exec_properties))
+        files = sorted(tf.io.gfile.glob(os.path.join(examples.uri, "Split-train", "*.gz")))
+        orders[shuffle] = [value(e, "row_id") for e in
+                           tf.data.TFRecordDataset(files, "GZIP").as_numpy_iterator()]
+    assert len(orders[True]) > 50 and orders[True] == orders[False]
+    assert orders[False] == sorted(orders[False], key=int)  # the input's order
+
+
+def test_write_split_without_shuffle_writes_the_input_order(tmp_path):
+    records = [f"record {i}".encode() for i in range(300)]
+    with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(IN_MEMORY)) as p:
+        _ = p | beam.Create(records) | write.WriteSplit(str(tmp_path), shuffle=False)
+    files = sorted(tf.io.gfile.glob(str(tmp_path / "data_tfrecord-*.gz")))
+    assert list(tf.data.TFRecordDataset(files, "GZIP").as_numpy_iterator()) == records
+
+
 def test_write_split_records_read_back_as_written(tmp_path):
     records = [b"", b"x", os.urandom(70_000)] + [f"record {i}".encode() for i in range(500)]
     with TestPipeline() as p:

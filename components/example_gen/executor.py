@@ -223,7 +223,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def _generate_examples(self, input_dict, output_dict, exec_properties,
                            input_config: example_gen_pb2.Input) -> None:
         """TFX's ``BaseExampleGenExecutor.Do`` for gzipped tf.Examples, writing each split
-        with ``write.WriteSplit`` (a faster gzip level, a content-keyed shuffle)."""
+        with ``write.WriteSplit`` (a faster gzip level, a content-keyed shuffle where the
+        runner can move anything: ``write.runner_keeps_order``)."""
         self._log_startup(input_dict, output_dict, exec_properties)
         output_config = example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY],
@@ -232,10 +233,11 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         artifact_utils.get_single_instance(outputs).split_names = (
             artifact_utils.encode_split_names(
                 example_gen_utils.generate_output_split_names(input_config, output_config)))
+        shuffle = not write.runner_keeps_order(self._beam_pipeline_args)
         with self._make_beam_pipeline() as pipeline:
             for split, examples in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
                 _ = examples | f"WriteSplit[{split}]" >> write.WriteSplit(  # pylint: disable=no-value-for-parameter
-                    artifact_utils.get_split_uri(outputs, split))
+                    artifact_utils.get_split_uri(outputs, split), shuffle=shuffle)
         for artifact in outputs:
             examples_utils.set_payload_format(artifact, example_gen_pb2.FORMAT_TF_EXAMPLE)
             examples_utils.set_file_format(
