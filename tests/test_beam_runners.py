@@ -187,3 +187,41 @@ def test_transform_analyzer_cache_is_wired_only_when_asked(tmp_path):
     # The resolver runs before Transform, after nothing it depends on.
     assert [c.id for c in pipeline.components].index(resolver.id) < [
         c.id for c in pipeline.components].index("Transform")
+
+
+def _executor_args(executor_class, args):
+    from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
+    return executor_class(BaseBeamExecutor.Context(beam_pipeline_args=list(args)))._beam_pipeline_args
+
+
+def test_in_process_runner_builds_no_tfx_package(monkeypatch):
+    """TFX's Beam executors build an sdist of TFX for remote workers unless a dependency flag
+    is set; ours name this project's setup.py instead on the in-process runner (which
+    ignores it), and leave every other runner to TFX."""
+    from tfx.utils import dependency_utils
+    from components import beam_pipeline
+    from components.evaluator.component import Executor as EvaluatorExecutor
+    from components.example_gen.executor import Executor as ExampleGenExecutor
+    from components.statistics_gen.component import Executor as StatisticsGenExecutor
+    from components.transform.component import Executor as TransformExecutor
+
+    built = []
+    monkeypatch.setattr(dependency_utils, "build_ephemeral_package",
+                        lambda: built.append(1) or "/tmp/tfx_ephemeral.tar.gz")
+    direct = configs.BeamConfig.parse("direct", {}).pipeline_args(1)
+    for executor_class in (ExampleGenExecutor, StatisticsGenExecutor, TransformExecutor,
+                           EvaluatorExecutor):
+        args = _executor_args(executor_class, direct)
+        assert f"--setup_file={beam_pipeline.SETUP_FILE}" in args, executor_class
+        assert not any(a.startswith("--extra_package") for a in args)
+    assert not built and os.path.exists(beam_pipeline.SETUP_FILE)
+    assert beam_pipeline.runs_in_process(configs.BeamConfig.parse("direct", {}).pipeline_args(2))
+    # A package the user names is kept, and is the only one.
+    args = _executor_args(TransformExecutor, direct + ["--extra_packages=/pkgs/mine.tar.gz"])
+    assert not any(a.startswith("--setup_file") for a in args) and not built
+    # Other runners: TFX's behaviour (it builds its package when none is named).
+    flink = configs.BeamConfig.parse("flink", RUNNERS["flink"][0]).pipeline_args(2)
+    assert not beam_pipeline.runs_in_process(flink)
+    args = _executor_args(TransformExecutor, flink)
+    assert "--extra_package=/tmp/tfx_ephemeral.tar.gz" in args and len(built) == 1
+    assert not any(a.startswith("--setup_file") for a in args)

@@ -38,6 +38,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components.beam_pipeline import FastPipelineExecutor
 from components.example_gen import columnar, write
 from pipeline.specs import DatasetSpec
 
@@ -179,8 +180,9 @@ def _partition_by_key(keyed: Tuple[bytes, bytes], num_partitions: int,
     return bisect.bisect(buckets, bucket)
 
 
-class Executor(base_example_gen_executor.BaseExampleGenExecutor):
-    """ExampleGen executor driven by a dataset spec (see the module docstring)."""
+class Executor(FastPipelineExecutor, base_example_gen_executor.BaseExampleGenExecutor):
+    """ExampleGen executor driven by a dataset spec (see the module docstring), on a
+    ``FastPipeline`` like our other Beam components (its writes are already level 1)."""
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _SpecFilesToExample
