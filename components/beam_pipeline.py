@@ -48,8 +48,7 @@ def _naming_this_project(context):
     workers, which the in-process runner never reads: about 1.2 s per Beam component, and 52 MB
     left in the temporary directory per component per run. ``FnApiRunner`` ignores the flag.
     """
-    if (context is None or not context.beam_pipeline_args
-            or not runs_in_process(context.beam_pipeline_args)
+    if (context is None or not runs_in_process(context.beam_pipeline_args)
             or not os.path.exists(SETUP_FILE)):
         return context
     options = pipeline_options.PipelineOptions(context.beam_pipeline_args).get_all_options()

@@ -22,7 +22,6 @@ shuffles.
 
 import hashlib
 import os
-
 from typing import List, Optional
 
 import apache_beam as beam
@@ -30,6 +29,7 @@ from apache_beam.options import pipeline_options
 from tfx.components.example_gen import write_split
 
 from components import gzip_tfrecords
+from components.beam_pipeline import runs_in_process
 
 
 def _content_key(serialized: bytes) -> int:
@@ -40,9 +40,9 @@ def _content_key(serialized: bytes) -> int:
 def runner_keeps_order(beam_pipeline_args: Optional[List[str]]) -> bool:
     """Whether these Beam arguments run the in-process ``FnApiRunner`` on one worker, whose
     GroupByKey keeps the arrival order (so a shuffle there moves nothing)."""
-    options = pipeline_options.PipelineOptions(beam_pipeline_args or [])
-    direct = options.view_as(pipeline_options.DirectOptions)
-    return (options.view_as(pipeline_options.StandardOptions).runner == "FnApiRunner"
+    direct = pipeline_options.PipelineOptions(beam_pipeline_args or []).view_as(
+        pipeline_options.DirectOptions)
+    return (runs_in_process(beam_pipeline_args)
             and direct.direct_running_mode == "in_memory" and direct.direct_num_workers == 1)
 
 
