@@ -1,4 +1,4 @@
-"""The Beam pipeline our Beam components run on: Beam's, with two of Beam's own overrides.
+"""The Beam pipeline our Beam components run on: Beam's, with three of Beam's own overrides.
 
 Before it runs, ``FastPipeline`` swaps (``PTransformOverride``, applied by ``replace_all``):
 
@@ -6,9 +6,11 @@ Before it runs, ``FastPipeline`` swaps (``PTransformOverride``, applied by ``rep
   (``gzip_tfrecords.FastGzipTFRecordWrites``): Transform's materialized examples;
 - TFXIO's tf.Example decoding for ``tf.io.parse_example`` with tfx_bsl's decoder as the
   fallback (``example_decoding.FastExampleDecoding``): StatisticsGen's, Transform's and the
-  Evaluator's reads.
+  Evaluator's reads;
+- Transform's tf.Example encoding of its materialized examples for numpy's, with tfx_bsl's
+  encoder as the fallback (``example_encoding.FastExampleEncoding``).
 
-Both leave what is written and what is decoded as TFX's own components write and decode it.
+All three leave what is written and what is decoded as TFX's own components write and decode it.
 ``FastPipelineExecutor`` is the mixin that gives a TFX Beam executor this pipeline.
 """
 
@@ -18,7 +20,7 @@ import os
 import apache_beam as beam
 from apache_beam.options import pipeline_options
 
-from components import example_decoding, gzip_tfrecords
+from components import example_decoding, example_encoding, gzip_tfrecords
 from pipeline.specs import REPO_DIR
 
 SETUP_FILE = os.path.join(REPO_DIR, "setup.py")
@@ -29,7 +31,8 @@ class FastPipeline(beam.Pipeline):
 
     def run(self, test_runner_api="AUTO"):
         self.replace_all([gzip_tfrecords.FastGzipTFRecordWrites(),
-                          example_decoding.FastExampleDecoding()])
+                          example_decoding.FastExampleDecoding(),
+                          example_encoding.FastExampleEncoding()])
         return super().run(test_runner_api)
 
 

@@ -2,7 +2,7 @@
 
 A CSV file is tokenized in blocks by ``pyarrow.csv`` (every column read as raw bytes), each
 column is validated and converted with vectorised ``pyarrow.compute``/numpy operations, and
-the good rows are encoded by tfx_bsl's C++ ``RecordBatchToExamplesEncoder``. Python only
+the good rows are encoded by ``components.example_encoding.ExampleEncoder``. Python only
 touches the rare cells that the fast paths cannot decide (e.g. ``1_000`` as a number), so
 the bad-row semantics are those of a per-row ``float()``/``str.strip()`` reader:
 
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import tensorflow as tf
-from tfx_bsl.coders import example_coder
 
+from components.example_encoding import ExampleEncoder
 from pipeline.specs import DatasetSpec, LabelRule
 
 BLOCK_BYTES = 8 << 20  # pyarrow.csv block: about 15k rows of an 80-column file.
@@ -444,7 +444,7 @@ class ExampleConverter:
                        for t in spec.tasks if t.label_rule}
         names = (list(spec.scenario_columns) + spec.field_names + spec.task_names)
         self._split_key = spec.split_key if spec.split_key not in names else None
-        self._encoder = example_coder.RecordBatchToExamplesEncoder()
+        self._encoder = ExampleEncoder()
 
     def convert(self, columns: Mapping[str, pa.Array], lines: np.ndarray) -> Converted:
         """``columns``: every raw column the spec needs, as strings; ``lines``: row numbers."""
@@ -587,7 +587,7 @@ class ExampleConverter:
         return is_int, ints, errors
 
     def _encode(self, features, rows: np.ndarray, key_as_int: Optional[bool]) -> List[bytes]:
-        """Encodes ``rows`` with tfx_bsl's C++ encoder, one value per feature."""
+        """Encodes ``rows`` (``example_encoding.ExampleEncoder``), one value per feature."""
         every_row = len(rows) == len(next(iter(features.values()))[1])
         take = pa.array(rows)
 
