@@ -192,8 +192,8 @@ def main(argv=None):
                     f"`benchmarks/codec_throughput.py --rows {args.rows} --batch-sizes "
                     f"{' '.join(map(str, args.batch_sizes))} --rounds {args.rounds}` on "
                     f"{info['cpu']} ({info['cores']} cores), Python {info['python']}, "
-                    f"TF {info['tensorflow']}, tfx_bsl {info['tfx_bsl']}; one thread of "
-                    f"Python each side, alternating rounds, median. Load average "
+                    f"TF {info['tensorflow']}, tfx_bsl {info['tfx_bsl']}; both sides in one "
+                    f"process, alternating rounds, median of the rounds. Load average "
                     f"{info['load_average_1m']} / {info['load_average_1m_after']}.\n\n"
                     f"{text}\n")
 

@@ -2,9 +2,9 @@
 
 ExampleGen and Transform's materialization encode record batches with tfx_bsl's
 ``RecordBatchToExamplesEncoder``, which builds one ``tf.Example`` proto per row and
-serializes it: 17-27 µs per example of issue #7's 80-column shape here, 7.6 s of the
-four data components' 62 s per 200k rows once decoding was fast (benchmarks/RESULTS.md,
-session 12).
+serializes it: 17-19 µs per example of issue #7's 80-column shape here (batches of
+1000), and 7.6 s of the four data components' 62 s per 200k rows once decoding was fast
+(benchmarks/RESULTS.md, session 12).
 
 ``ExampleEncoder`` writes the same wire format for a whole batch with numpy operations
 whose number does not grow with the rows (see its docstring). Its examples parse to exactly
