@@ -33,7 +33,7 @@ import tf_keras as keras  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
 from models import data, factory, features  # noqa: E402
-from models.training import scenario_loss_weights  # noqa: E402
+from models.training import adam, scenario_loss_weights  # noqa: E402
 from pipeline import configs, local_runner, report, specs  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,7 +105,7 @@ def train_and_score(spec, run, model_spec, seed, epochs, selection=None):
     with tempfile_dir() as log_dir:
         model_spec = factory.prepare_spec(model_spec, info, train_ds, eval_ds, log_dir)
     model = factory.build_model(model_spec, info)
-    model.compile(optimizer=keras.optimizers.Adam(training["learning_rate"]),
+    model.compile(optimizer=adam(training["learning_rate"]),
                   loss={t: keras.losses.BinaryCrossentropy() for t in spec.task_names})
     model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=0, callbacks=[
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=training["early_stopping_patience"],

@@ -217,7 +217,7 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                steps_per_execution: int = 1, every_scenario: bool = False,
                precision: str = "float32"):
     import tf_keras as keras
-    from models import factory
+    from models import factory, training
     from pipeline.specs import ModelSpec
     sizes = vocab_sizes()
     names = tuple(f"f{i:02d}" for i in range(len(sizes)))
@@ -232,7 +232,7 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                                           for k, v in hparams.items())),
                      training=(("precision", precision),))
     model = factory.build_model(spec, info, own_scenario=not every_scenario)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+    model.compile(optimizer=training.adam(learning_rate),
                   loss={t: keras.losses.BinaryCrossentropy() for t in TASKS},
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model, names
