@@ -21,7 +21,9 @@ Methodology (so that the ratio is fair in both directions):
 - Same work: the same arrays, batch, widths, Adam (lr 1e-3, no weight decay) and 2 intra-op
   threads on both sides (TF ``set_intra_op_parallelism_threads``, ``torch.set_num_threads``;
   ``--threads``). Each side runs its own trainer's step: ours a Keras ``fit`` step with the
-  Trainer's ``steps_per_execution`` (``--steps-per-execution``), torch-rechub's a step of its
+  Trainer's ``steps_per_execution`` (``--steps-per-execution``) and Adam (tf_keras' legacy
+  Adam, one fused kernel per variable; ``--keras-adam`` adds every model again with
+  ``keras.optimizers.Adam``, side "ours, Keras Adam"), torch-rechub's a step of its
   ``MTLTrainer.train_one_epoch``. ``--policies`` times every model under each Keras dtype
   policy; under ``mixed_bfloat16`` torch-rechub's models run their forward pass under
   ``torch.autocast`` (bfloat16), so each ratio compares like precision with like.
@@ -43,6 +45,7 @@ Methodology (so that the ratio is fair in both directions):
 
     .venv/bin/python benchmarks/train_throughput.py            # everything, ~15 min idle
     .venv/bin/python benchmarks/train_throughput.py --models mmoe --no-torch --rounds 3
+    .venv/bin/python benchmarks/train_throughput.py --models mmoe ple --keras-adam --no-torch
     .venv/bin/python benchmarks/train_throughput.py --strategy mirrored   # on GPUs, if any
     .venv/bin/python benchmarks/train_throughput.py --strategy mirrored --logical-devices 2
 
@@ -215,7 +218,7 @@ _GEMM: Dict = {}
 def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: Dict,
                learning_rate: float = 1e-3, jit_compile: bool = False,
                steps_per_execution: int = 1, every_scenario: bool = False,
-               precision: str = "float32"):
+               precision: str = "float32", keras_adam: bool = False):
     import tf_keras as keras
     from models import factory, training
     from pipeline.specs import ModelSpec
@@ -232,7 +235,9 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                                           for k, v in hparams.items())),
                      training=(("precision", precision),))
     model = factory.build_model(spec, info, own_scenario=not every_scenario)
-    model.compile(optimizer=training.adam(learning_rate),
+    # The Trainer's fused Adam, or (keras_adam) Keras' own, for the comparison.
+    optimizer = keras.optimizers.Adam(learning_rate) if keras_adam else training.adam(learning_rate)
+    model.compile(optimizer=optimizer,
                   loss={t: keras.losses.BinaryCrossentropy() for t in TASKS},
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model, names
@@ -312,7 +317,8 @@ class OursRunner:
         self.dataset = in_memory_dataset(data, names, batch_size)
         self.model.fit(self.dataset, epochs=1, steps_per_epoch=max(warmup, 1) * self.spe,
                        verbose=0)
-        self.side = "ours, every scenario" if every_scenario else "ours"
+        self.side = ("ours, every scenario" if every_scenario
+                     else "ours, Keras Adam" if compile_options.get("keras_adam") else "ours")
         self.label = f"{self.side} {architecture} S={num_scenarios} {policy}"
 
     def round(self, steps: int) -> List[float]:
@@ -502,6 +508,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="also time the models that compute only each example's own "
                              f"scenario ({', '.join(ROUTED_MODELS)}) computing every scenario "
                              "for every example (the computation before routing), same run")
+    parser.add_argument("--keras-adam", action="store_true",
+                        help="also train each of our models with keras.optimizers.Adam instead "
+                             "of the Trainer's fused legacy Adam (models/training.py: adam)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-python", default=TORCH_PYTHON)
     parser.add_argument("--output-json", default=os.path.join(HERE, "results",
@@ -532,6 +541,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                     runners.append(OursRunner(architecture, num_scenarios, data, args.batch_size,
                                               args.warmup, policy, strategy, **options))
                     print(f"built {runners[-1].label}", flush=True)
+                    if args.keras_adam:
+                        runners.append(OursRunner(architecture, num_scenarios, data,
+                                                  args.batch_size, args.warmup, policy, strategy,
+                                                  **options, keras_adam=True))
+                        print(f"built {runners[-1].label}", flush=True)
                     if (args.every_scenario and num_scenarios > 1
                             and architecture in ROUTED_MODELS):
                         runners.append(OursRunner(architecture, num_scenarios, data,

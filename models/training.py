@@ -118,8 +118,8 @@ def adam(learning_rate: float) -> keras.optimizers.legacy.Adam:
 
     It applies each variable's update with one fused kernel (``ResourceApplyAdam``), where
     Keras' Adam runs about ten element-wise ops per variable on the CPU (it compiles its
-    update with XLA only on GPUs): PLE trains 7.5% more examples/s, MMoE 2%
-    (benchmarks/RESULTS.md, session 13).
+    update with XLA only on GPUs): MMoE trains 2-4% more examples/s, PLE from none to 7.5%
+    more (``benchmarks/train_throughput.py --keras-adam``; benchmarks/RESULTS.md, session 13).
     """
     return keras.optimizers.legacy.Adam(learning_rate)
 
