@@ -33,7 +33,8 @@ import tf_keras as keras  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
 from models import data, factory, features  # noqa: E402
-from models.training import adam, scenario_loss_weights  # noqa: E402
+from models.optimizers import adam  # noqa: E402
+from models.training import scenario_loss_weights  # noqa: E402
 from pipeline import configs, local_runner, report, specs  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -220,7 +220,7 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                steps_per_execution: int = 1, every_scenario: bool = False,
                precision: str = "float32", keras_adam: bool = False):
     import tf_keras as keras
-    from models import factory, training
+    from models import factory, optimizers
     from pipeline.specs import ModelSpec
     sizes = vocab_sizes()
     names = tuple(f"f{i:02d}" for i in range(len(sizes)))
@@ -236,7 +236,8 @@ def build_ours(architecture: str, num_scenarios: int, batch_size: int, hparams: 
                      training=(("precision", precision),))
     model = factory.build_model(spec, info, own_scenario=not every_scenario)
     # The Trainer's fused Adam, or (keras_adam) Keras' own, for the comparison.
-    optimizer = keras.optimizers.Adam(learning_rate) if keras_adam else training.adam(learning_rate)
+    optimizer = (keras.optimizers.Adam(learning_rate) if keras_adam
+                 else optimizers.adam(learning_rate))
     model.compile(optimizer=optimizer,
                   loss={t: keras.losses.BinaryCrossentropy() for t in TASKS},
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
@@ -510,7 +511,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                              "for every example (the computation before routing), same run")
     parser.add_argument("--keras-adam", action="store_true",
                         help="also train each of our models with keras.optimizers.Adam instead "
-                             "of the Trainer's fused legacy Adam (models/training.py: adam)")
+                             "of the Trainer's fused legacy Adam (models/optimizers.py)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-python", default=TORCH_PYTHON)
     parser.add_argument("--output-json", default=os.path.join(HERE, "results",

@@ -34,6 +34,7 @@ import tf_keras as keras
 from absl import logging
 
 from models import diagnostics
+from models.optimizers import adam
 from models.layers.automtl import (DEFAULT_EXPERT_OPS, EXPERT_OPS, INTERACTION_OPS,
                                    AutoMTLSupernet, check_operation,
                                    jensen_shannon_loss)
@@ -189,10 +190,9 @@ class SupernetSearch:
         self.beta = self.backbone.expert_selection_variables()
         architecture = {v.ref() for v in self.alpha + self.beta}
         self.weights = [v for v in model.trainable_variables if v.ref() not in architecture]
-        # Legacy Adam: one fused op per variable, which keeps the traced graphs small.
-        self.weight_optimizer = keras.optimizers.legacy.Adam(learning_rate)
-        self.beta_optimizer = keras.optimizers.legacy.Adam(arch_learning_rate)
-        self.alpha_optimizer = keras.optimizers.legacy.Adam(arch_learning_rate)
+        self.weight_optimizer = adam(learning_rate)
+        self.beta_optimizer = adam(arch_learning_rate)
+        self.alpha_optimizer = adam(arch_learning_rate)
         # Optimizer state created now: a function that creates variables is traced twice.
         for optimizer, variables in ((self.weight_optimizer, self.weights),
                                      (self.beta_optimizer, self.beta),

@@ -14,6 +14,7 @@ from absl import logging
 from components.feature_selector.artifact import Selection, SelectionMismatchError
 from components.trainer.component import FEATURE_SELECTION_URI
 from models import data, diagnostics, distribute, factory, features, tuning
+from models.optimizers import adam
 from pipeline.specs import DatasetSpec, ModelSpec
 
 SERVING_SIGNATURE = "serving_default"
@@ -111,17 +112,6 @@ def scenario_loss_weights(method: str, prior: Sequence[float]) -> Optional[List[
     inverse = np.where(prior > 0, 1.0 / np.maximum(prior, 1e-12), 0.0)
     inverse /= float((prior * inverse).sum())
     return inverse.tolist() + [1.0]
-
-
-def adam(learning_rate: float) -> keras.optimizers.legacy.Adam:
-    """The Trainer's Adam: tf_keras' legacy Adam, the same update as ``keras.optimizers.Adam``.
-
-    It applies each variable's update with one fused kernel (``ResourceApplyAdam``), where
-    Keras' Adam runs about ten element-wise ops per variable on the CPU (it compiles its
-    update with XLA only on GPUs): MMoE trains 2-4% more examples/s, PLE from none to 7.5%
-    more (``benchmarks/train_throughput.py --keras-adam``; benchmarks/RESULTS.md, session 13).
-    """
-    return keras.optimizers.legacy.Adam(learning_rate)
 
 
 def compile_model(model: keras.Model, spec: DatasetSpec, training: Mapping[str, Any]) -> None:

@@ -123,10 +123,10 @@ def test_deterministic_given_a_seed(architecture):
 
 
 def test_trainer_adam_is_keras_adam_in_one_fused_op_per_variable():
-    from models import training
+    from models import optimizers
     rng = np.random.default_rng(0)
     start = [rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(4,)).astype(np.float32)]
-    fused, reference = training.adam(0.05), keras.optimizers.Adam(0.05)
+    fused, reference = optimizers.adam(0.05), keras.optimizers.Adam(0.05)
     fused_vars = [tf.Variable(v) for v in start]
     reference_vars = [tf.Variable(v) for v in start]
 
