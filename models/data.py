@@ -11,6 +11,9 @@ from models import features
 from models.factory import DataInfo
 from pipeline.specs import DatasetSpec
 
+READ_BLOCK = 256  # Records taken from one file before the next, when reading several.
+MAX_PARALLEL_FILES = 8  # Files read at once.
+
 
 def field_vocab_sizes(tft_output: tft.TFTransformOutput, spec: DatasetSpec) -> List[int]:
     """Id range of every field: vocabulary + OOV ids, or buckets + the missing id."""
@@ -32,6 +35,22 @@ def transformed_files(examples_uri: str, split: str) -> List[str]:
     return tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
 
 
+def _records(files: List[str]) -> tf.data.Dataset:
+    """The serialized records of ``files``; several files are read in parallel.
+
+    Files are interleaved in blocks of ``READ_BLOCK`` records: TFRecordDataset's own
+    ``num_parallel_reads`` interleaves record by record, which costs more than reading and
+    parsing the record: the whole input pipeline ran at 62k examples/s with it, 400-450k
+    without (2 cores, benchmarks/RESULTS.md, session 14).
+    """
+    if len(files) == 1:
+        return tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=min(len(files), MAX_PARALLEL_FILES), block_length=READ_BLOCK,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetSpec,
                  batch_size: int, shuffle: bool = False, seed: int = 0,
                  num_epochs: Optional[int] = 1,
@@ -46,8 +65,7 @@ def make_dataset(file_pattern, tft_output: tft.TFTransformOutput, spec: DatasetS
     if not files:
         raise ValueError(f"no transformed examples match {patterns}")
     feature_spec = tft_output.transformed_feature_spec()
-    dataset = tf.data.TFRecordDataset(sorted(files), compression_type="GZIP",
-                                      num_parallel_reads=tf.data.AUTOTUNE)
+    dataset = _records(sorted(files))
     if shuffle:
         dataset = dataset.shuffle(buffer_size=max(4 * batch_size, 10_000), seed=seed)
     dataset = dataset.repeat(num_epochs).batch(batch_size)
