@@ -94,6 +94,33 @@ def steady_fit_seconds(model, dataset, steps: int) -> float:
     return ends[-1] - ends[0]
 
 
+def readers(fn_args, tft_output, spec, batch_size: int) -> Dict:
+    """The same records shuffled, batched and parsed by three readers, for ``--compare-readers``:
+    ours (``models.data.make_dataset``), TFRecordDataset's own parallel reads (the Trainer's
+    reader until session 14) and TFXIO's ``TensorFlowDataset`` (what TFX's
+    ``fn_args.data_accessor.tf_dataset_factory`` returns)."""
+    import tensorflow as tf
+    from tfx_bsl.public import tfxio
+    from models import data
+    files = sorted(f for pattern in fn_args.train_files for f in tf.io.gfile.glob(pattern))
+    feature_spec = tft_output.transformed_feature_spec()
+    parallel_reads = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                num_parallel_reads=tf.data.AUTOTUNE)
+        .shuffle(10_000, seed=0).repeat().batch(batch_size)
+        .map(lambda serialized: tf.io.parse_example(serialized, feature_spec),
+             num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+    tfxio_dataset = tfxio.TFExampleRecord(
+        file_pattern=files, schema=tft_output.transformed_metadata.schema).TensorFlowDataset(
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=True, shuffle_seed=0))
+    return {
+        "reader: ours (models/data.py)": data.make_dataset(
+            files, tft_output, spec, batch_size, shuffle=True, num_epochs=None),
+        "reader: TFRecordDataset(num_parallel_reads=AUTOTUNE)": parallel_reads,
+        "reader: TFXIO TensorFlowDataset": tfxio_dataset,
+    }
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a pipeline's directory under `msmt run --output-dir`")
@@ -108,6 +135,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="also train a fresh model per Keras dtype policy (e.g. float32 "
                              "mixed_bfloat16) for --quality-steps and compare eval AUC and speed")
     parser.add_argument("--quality-steps", type=int, default=160)
+    parser.add_argument("--compare-readers", action="store_true",
+                        help="also time TFRecordDataset's parallel reads and TFXIO's "
+                             "TensorFlowDataset on the same records")
     parser.add_argument("--output-json", default=os.path.join(HERE, "results",
                                                               "input_throughput.json"))
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
@@ -125,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # A stream (steps_per_epoch set), as the Trainer reads it with a step budget.
     model_spec = model_spec.with_training(steps_per_epoch=args.steps)
     fn_args = fn_args_of(os.path.abspath(args.run_dir), not args.no_selection)
-    _, info, train_ds, _ = training.training_inputs(fn_args, spec, model_spec)
+    tft_output, info, train_ds, _ = training.training_inputs(fn_args, spec, model_spec)
 
     model = factory.build_model(model_spec, info)
     training.compile_model(model, spec, model_spec.training_dict)
@@ -136,7 +166,11 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     rates: Dict[str, List[float]] = {"input pipeline alone": [], "in-memory step": [],
                                      "real Trainer (fit on make_dataset)": []}
+    compared = readers(fn_args, tft_output, spec, batch_size) if args.compare_readers else {}
+    rates.update({name: [] for name in compared})
     for _ in range(args.repeats):
+        for name, dataset in compared.items():
+            rates[name].append(args.steps * batch_size / iterate(dataset, args.steps))
         rates["input pipeline alone"].append(
             args.steps * batch_size / iterate(train_ds, args.steps))
         rates["in-memory step"].append(
