@@ -110,14 +110,17 @@ def readers(fn_args, tft_output, spec, batch_size: int) -> Dict:
         .shuffle(10_000, seed=0).repeat().batch(batch_size)
         .map(lambda serialized: tf.io.parse_example(serialized, feature_spec),
              num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
-    tfxio_dataset = tfxio.TFExampleRecord(
-        file_pattern=files, schema=tft_output.transformed_metadata.schema).TensorFlowDataset(
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=True, shuffle_seed=0))
+    source = tfxio.TFExampleRecord(file_pattern=files,
+                                   schema=tft_output.transformed_metadata.schema)
     return {
         "reader: ours (models/data.py)": data.make_dataset(
             files, tft_output, spec, batch_size, shuffle=True, num_epochs=None),
         "reader: TFRecordDataset(num_parallel_reads=AUTOTUNE)": parallel_reads,
-        "reader: TFXIO TensorFlowDataset": tfxio_dataset,
+        "reader: TFXIO TensorFlowDataset": source.TensorFlowDataset(
+            tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_seed=0)),
+        "reader: TFXIO TensorFlowDataset, reader_num_threads=1": source.TensorFlowDataset(
+            tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle_seed=0,
+                                           reader_num_threads=1)),
     }
 
 
