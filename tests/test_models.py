@@ -122,6 +122,18 @@ def test_deterministic_given_a_seed(architecture):
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
+def test_autograph_leaves_tf_keras_unconverted_and_converts_our_layers():
+    from tensorflow.python.autograph.core import config
+    from tensorflow.python.autograph.impl import conversion
+    from models import autograph, layers
+    assert conversion.is_allowlisted(keras.Model.train_step)
+    assert conversion.is_allowlisted(keras.layers.Dense.call)
+    assert not conversion.is_allowlisted(layers.ParallelMLP.call)
+    rules = config.CONVERSION_RULES
+    autograph.leave_tf_keras_unconverted()
+    assert config.CONVERSION_RULES == rules  # Added once.
+
+
 def test_trainer_adam_is_keras_adam_in_one_fused_op_per_variable():
     from models import optimizers
     rng = np.random.default_rng(0)

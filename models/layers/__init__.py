@@ -1,5 +1,9 @@
 """Keras layers for multi-scenario multi-task models, one concept per layer."""
 
+from models.autograph import leave_tf_keras_unconverted
+
+leave_tf_keras_unconverted()
+
 from models.layers.core import (FieldEmbedding, MLP, ParallelMLP, ScenarioSelect,
                                 SoftmaxGate, TaskProbabilities, flatten_fields,
                                 mix_experts)
