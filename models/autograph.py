@@ -2,9 +2,9 @@
 
 AutoGraph's conversion rules skip the ``keras`` package, whose code is graph-ready as written,
 but not ``tf_keras``, the same Keras 2 code under the name TF 2.16 gives it. Converting it
-took about 14 s of each process's first model build and train-step trace (MMoE: 5.9 s -> 0.8 s
-to build, 9.2 s -> 0.7 s to trace; benchmarks/RESULTS.md, session 14). Our own layers are still
-converted. ``models.layers`` calls this on import, so it holds wherever our layers run.
+took about 13 s of each process's first model build and train-step trace (MMoE: 5.4 s -> 0.8 s
+to build, 8.8 s -> 0.7 s for the first step; benchmarks/startup_time.py). Our own layers are
+still converted. ``models.layers`` calls this on import, so it holds wherever our layers run.
 """
 
 # AutoGraph's rules have no public API; TF is pinned (requirements/), and
