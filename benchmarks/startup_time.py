@@ -48,9 +48,8 @@ def child(run_dir: str, model_name: str, dataset: str, autograph_default: bool) 
     if autograph_default:
         from tensorflow.python.autograph.core import config
         from models import autograph
-        config.CONVERSION_RULES = tuple(
-            r for r in config.CONVERSION_RULES
-            if not (isinstance(r, config.DoNotConvert) and r.matches(autograph.KERAS_PACKAGE)))
+        config.CONVERSION_RULES = tuple(r for r in config.CONVERSION_RULES
+                                        if not autograph.is_tf_keras_rule(r))
     seconds["import"] = time.perf_counter() - start
 
     start = time.perf_counter()

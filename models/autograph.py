@@ -14,11 +14,15 @@ from tensorflow.python.autograph.core import config as _autograph_config
 KERAS_PACKAGE = "tf_keras"
 
 
+def is_tf_keras_rule(rule) -> bool:
+    """Whether ``rule`` (one of AutoGraph's conversion rules) leaves tf_keras unconverted."""
+    return isinstance(rule, _autograph_config.DoNotConvert) and rule.matches(KERAS_PACKAGE)
+
+
 def leave_tf_keras_unconverted() -> None:
     """Add ``DoNotConvert("tf_keras")`` to AutoGraph's rules (once)."""
     rules = _autograph_config.CONVERSION_RULES
-    if any(isinstance(r, _autograph_config.DoNotConvert) and r.matches(KERAS_PACKAGE)
-           for r in rules):
+    if any(is_tf_keras_rule(r) for r in rules):
         return
     _autograph_config.CONVERSION_RULES = (
         _autograph_config.DoNotConvert(KERAS_PACKAGE),) + tuple(rules)
