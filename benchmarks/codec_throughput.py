@@ -20,10 +20,7 @@ parsed examples. Prints a table, writes JSON (``--output-json``) and appends a s
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import time
 from typing import Dict, List
@@ -34,6 +31,9 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import reporting  # noqa: E402
 
 
 def raw_batch(n: int, rng):
@@ -144,21 +144,6 @@ def run(rows: int, batch_sizes: List[int], rounds: int) -> List[Dict]:
     return results
 
 
-def machine() -> Dict:
-    import tensorflow as tf
-    import tfx_bsl
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "tfx_bsl": tfx_bsl.__version__,
-            "load_average_1m": round(os.getloadavg()[0], 2),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def table(results: List[Dict]) -> str:
     lines = ["| shape | op | batch | tfx_bsl µs/example | ours µs/example | speed-up (median of "
              "rounds) |", "|:--|:--|--:|--:|--:|--:|"]
@@ -178,24 +163,21 @@ def main(argv=None):
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
-    info = machine()
+    import tfx_bsl
+    info = reporting.machine()
+    info["tfx_bsl"] = tfx_bsl.__version__
     results = run(args.rows, args.batch_sizes, args.rounds)
     info["load_average_1m_after"] = round(os.getloadavg()[0], 2)
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump({"machine": info, "results": results}, f, indent=1)
+    reporting.save_json(args.output_json, {"machine": info, "results": results})
     text = table(results)
     print(text)
-    if not args.no_results:
-        with open(args.results_md, "a") as f:
-            f.write(f"\n## tf.Example codecs ({info['date']})\n"
-                    f"`benchmarks/codec_throughput.py --rows {args.rows} --batch-sizes "
-                    f"{' '.join(map(str, args.batch_sizes))} --rounds {args.rounds}` on "
-                    f"{info['cpu']} ({info['cores']} cores), Python {info['python']}, "
-                    f"TF {info['tensorflow']}, tfx_bsl {info['tfx_bsl']}; both sides in one "
-                    f"process, alternating rounds, median of the rounds. Load average "
-                    f"{info['load_average_1m']} / {info['load_average_1m_after']}.\n\n"
-                    f"{text}\n")
+    reporting.append_section(
+        None if args.no_results else args.results_md, "tf.Example codecs",
+        f"`benchmarks/codec_throughput.py --rows {args.rows} --batch-sizes "
+        f"{' '.join(map(str, args.batch_sizes))} --rounds {args.rounds}` on "
+        f"{reporting.machine_line(info)}, tfx_bsl {info['tfx_bsl']}; both sides in one process, "
+        f"alternating rounds, median of the rounds. Load average {info['load_average_1m']} / "
+        f"{info['load_average_1m_after']}.\n\n{text}", info["date"])
 
 
 if __name__ == "__main__":

@@ -25,10 +25,8 @@ machine and date, to benchmarks/RESULTS.md; ``--no-write`` only prints.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -38,10 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
 import model_quality  # noqa: E402
+import reporting  # noqa: E402
 from components.feature_selector import executor  # noqa: E402
 from components.feature_selector.artifact import vocabulary_fingerprint  # noqa: E402
 from models import data  # noqa: E402
@@ -139,13 +137,14 @@ def main(argv=None):
         configs.check_selector_params(method, method_params[method], "--param")
 
     model_spec = specs.load_model_spec(args.model)
-    report = {"date": datetime.date.today().isoformat(), "machine": machine(),
+    machine = reporting.machine()
+    report = {"date": machine["date"], "machine": reporting.machine_line(machine),
               "args": vars(args), "load_before": os.getloadavg()[0], "datasets": {}}
     for dataset in args.datasets:
         spec, run = model_quality.transformed_data(dataset, args.rows)
         truth_path = os.path.join(os.path.dirname(spec.files[0].path), "ground_truth.json")
         truth = relevant_fields(truth_path) if os.path.exists(truth_path) else None
-        summary, quality, aucs, savings = [], [], [], None
+        summary, quality, aucs = [], [], []
         baseline_auc = None
         for method in args.methods:
             selection = select(method, spec, run, method_params[method])
@@ -214,15 +213,9 @@ def write_json(report, path: str) -> None:
         json.dump(merged, f, indent=1, default=float)
 
 
-def machine() -> str:
-    return (f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
-            f"), Python {platform.python_version()}, TF {tf.__version__}")
-
-
 def write_results(report):
     args = report["args"]
-    lines = [f"\n## Feature selection ({report['date']})\n\n",
-             f"`benchmarks/feature_selection.py --methods {' '.join(args['methods'])} --model "
+    lines = [f"`benchmarks/feature_selection.py --methods {' '.join(args['methods'])} --model "
              f"{args['model']} --seeds {' '.join(map(str, args['seeds']))} --epochs "
              f"{args['epochs']}` on {report['machine']}; load average (1 min) "
              f"{report['load_before']:.1f} as the run started (other work on the machine "
@@ -245,8 +238,7 @@ def write_results(report):
             lines.append(f"\n<details><summary>{dataset}: precision / recall / F1 per scenario x "
                          "task</summary>\n\n" + quality.to_markdown(index=False, floatfmt=".3f")
                          + "\n\n</details>\n")
-    with open(RESULTS, "a") as f:
-        f.write("".join(lines))
+    reporting.append_section(RESULTS, "Feature selection", "\n" + "".join(lines), report["date"])
     print(f"appended to {RESULTS}")
 
 

@@ -18,9 +18,7 @@ median of each is kept, which damps the noise of a shared machine. 2 and 3 are t
 """
 
 import argparse
-import datetime
 import glob
-import json
 import os
 import sys
 import time
@@ -34,6 +32,9 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import reporting  # noqa: E402
 
 
 def latest(pattern: str) -> str:
@@ -146,7 +147,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
     from models import factory, training
     from pipeline import specs
 
@@ -182,8 +182,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             args.steps * batch_size / steady_fit_seconds(model, train_ds, args.steps))
     median = {k: float(np.median(v)) for k, v in rates.items()}
     ratio = median["real Trainer (fit on make_dataset)"] / median["in-memory step"]
-    load = os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = reporting.machine()
+    load = machine["load_average_1m"]
     lines = ["| what | examples/s (median of rounds) | rounds |", "|:--|--:|:--|"]
     lines += [f"| {k} | {median[k]:,.0f} | {', '.join(f'{r:,.0f}' for r in v)} |"
               for k, v in rates.items()]
@@ -215,24 +215,19 @@ def main(argv: Optional[List[str]] = None) -> None:
         text += (f"\n\nSame model, seed and data per dtype policy, {args.quality_steps} training "
                  f"steps, AUC on the whole eval split:\n\n{quality_text}")
 
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump({"date": date, "model": model_spec.name, "batch_size": batch_size,
-                   "dtype_policies": quality,
-                   "fields_read": len(info.field_names), "rates": rates,
-                   "ratio_real_to_in_memory": ratio, "load_average_1m": load,
-                   "tensorflow": tf.__version__}, f, indent=1)
-    if args.results_md:
-        with open(args.results_md, "a") as f:
-            f.write(f"\n## Trainer input pipeline ({date})\n"
-                    f"`benchmarks/input_throughput.py` on a `msmt run --rows 50000` run, model "
-                    f"`{model_spec.name}`, batch {batch_size}, {len(info.field_names)} fields "
-                    f"read, {os.cpu_count()} cores, TF {tf.__version__}, {args.steps} steps per "
-                    f"round, {args.repeats} alternating rounds, medians; steps timed inside `fit`. "
-                    f"Load average {load:.1f}: the machine was shared, so read the "
-                    f"same-run ratio. Real Trainer / in-memory step rate: **{100 * ratio:.0f}%** "
-                    f"(target >= 80%).\n\n{text}\n")
-
+    reporting.save_json(args.output_json, {
+        "date": machine["date"], "machine": machine, "model": model_spec.name,
+        "batch_size": batch_size, "dtype_policies": quality,
+        "fields_read": len(info.field_names), "rates": rates,
+        "ratio_real_to_in_memory": ratio, "load_average_1m": load})
+    reporting.append_section(
+        args.results_md, "Trainer input pipeline",
+        f"`benchmarks/input_throughput.py` on a `msmt run --rows 50000` run, model "
+        f"`{model_spec.name}`, batch {batch_size}, {len(info.field_names)} fields read, on "
+        f"{reporting.machine_line(machine)}; {args.steps} steps per round, {args.repeats} "
+        f"alternating rounds, medians; steps timed inside `fit`. Load average {load:.1f}: the "
+        f"machine was shared, so read the same-run ratio. Real Trainer / in-memory step rate: "
+        f"**{100 * ratio:.0f}%** (target >= 80%).\n\n{text}", machine["date"])
 
 if __name__ == "__main__":
     main()

@@ -14,11 +14,8 @@ Prints the tables and appends them, with the machine and date, to benchmarks/RES
 """
 
 import argparse
-import datetime
 import gzip
-import json
 import os
-import platform
 import sys
 import time
 
@@ -32,6 +29,7 @@ import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
+import reporting  # noqa: E402
 from models import data, factory, features  # noqa: E402
 from models.optimizers import adam  # noqa: E402
 from models.training import scenario_loss_weights  # noqa: E402
@@ -207,18 +205,16 @@ def main(argv=None):
 
 
 def write_results(sections, args):
-    lines = [f"\n## Model quality ({datetime.date.today().isoformat()})\n",
-             f"`benchmarks/model_quality.py --seeds {' '.join(map(str, args.seeds))} "
-             f"--epochs {args.epochs}` on {platform.node()} ({os.cpu_count()} CPUs, "
-             f"{platform.processor() or platform.machine()}), TF {tf.__version__}. Same input "
+    machine = reporting.machine()
+    lines = [f"`benchmarks/model_quality.py --seeds {' '.join(map(str, args.seeds))} "
+             f"--epochs {args.epochs}` on {reporting.machine_line(machine)}. Same input "
              "pipeline, batch size and epochs for every model, early stopping on the eval "
              "split, scored on the eval split; mean over seeds.\n"]
     for dataset, table, detail in sections:
         lines.append(f"\n### {dataset}\n\n" + table.to_markdown(index=False, floatfmt=".4f") + "\n")
         lines.append(f"\n<details><summary>{dataset}: per scenario x task</summary>\n\n"
                      + detail.to_markdown(index=False, floatfmt=".4f") + "\n\n</details>\n")
-    with open(RESULTS, "a") as f:
-        f.write("".join(lines))
+    reporting.append_section(RESULTS, "Model quality", "".join(lines), machine["date"])
     print(f"appended to {RESULTS}")
 
 

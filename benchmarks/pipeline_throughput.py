@@ -25,7 +25,6 @@ re-executed with the first run's analyzer cache: the cost of a code edit). ``--f
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -37,10 +36,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import reporting  # noqa: E402
 from pipeline import configs, specs, synthetic  # noqa: E402
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -275,24 +276,22 @@ def main(argv=None) -> int:
                                         epochs=args.epochs))
     text = table(results) + "\n\n" + growth(results)
     print(text)
+    machine = reporting.machine()
     previous = []
     if os.path.exists(JSON_OUT):
         with open(JSON_OUT) as f:
             previous = json.load(f)
-    with open(JSON_OUT, "w") as f:
-        json.dump(previous + [{"date": datetime.datetime.utcnow().isoformat(timespec="seconds"),
-                               "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
-                               "versions": versions(), "results": results}], f, indent=1)
+    reporting.save_json(JSON_OUT, previous + [{"date": machine["date"], "machine": machine,
+                                               "versions": versions(), "results": results}])
     print(f"wrote {JSON_OUT}")
+    reporting.append_section(
+        None if args.no_results else RESULTS, "Data components throughput",
+        f"`benchmarks/pipeline_throughput.py --rows {' '.join(map(str, args.rows))}` on "
+        f"{reporting.machine_line(machine)}, {versions()}, Beam DirectRunner (FnApiRunner) with "
+        f"{args.beam_workers} worker(s) "
+        f"({'in memory' if args.beam_workers == 1 else 'multi-processing'}). Load average "
+        f"before / after: {load_before} / {_load()}.\n\n{text}", machine["date"])
     if not args.no_results:
-        with open(RESULTS, "a") as f:
-            f.write(f"\n## Data components throughput ({datetime.date.today().isoformat()})\n"
-                    f"`benchmarks/pipeline_throughput.py --rows {' '.join(map(str, args.rows))}` on "
-                    f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), {versions()}, "
-                    f"Beam DirectRunner (FnApiRunner) with {args.beam_workers} worker(s) "
-                    f"({'in memory' if args.beam_workers == 1 else 'multi-processing'}). Load "
-                    f"average before / after: {load_before} / {_load()}.\n\n"
-                    f"{text}\n")
         print(f"appended to {RESULTS}")
     return 0
 

@@ -19,9 +19,7 @@ p99 < 5 ms.
 
 import argparse
 import dataclasses
-import datetime
 import glob
-import json
 import os
 import sys
 import time
@@ -35,6 +33,8 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+
+import reporting  # noqa: E402
 
 
 def _newest(paths: List[str]) -> Optional[str]:
@@ -206,7 +206,6 @@ def main(argv: Optional[List[str]] = None) -> None:
                                                               "serving_latency.json"))
     parser.add_argument("--results-md", default=os.path.join(HERE, "RESULTS.md"))
     args = parser.parse_args(argv)
-    import tensorflow as tf
 
     # (label, SavedModel, run whose raw eval examples are the requests, selection on/off)
     targets = []
@@ -243,8 +242,8 @@ def main(argv: Optional[List[str]] = None) -> None:
               f"{result['single']['p50_ms']:.2f} ms p99 {result['single']['p99_ms']:.2f} ms; "
               f"batch {args.batch_size}: {result['batch_ms_per_example']:.4f} ms/example", flush=True)
 
-    load = os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = reporting.machine()
+    load, date = machine["load_average_1m"], machine["date"]
     lines = [f"| run | feature selection | 1 example p50 ms | 1 example p99 ms | "
              f"batch {args.batch_size} p50 ms | ms / example at {args.batch_size} |",
              "|:--|:--|--:|--:|--:|--:|"]
@@ -253,20 +252,17 @@ def main(argv: Optional[List[str]] = None) -> None:
               f"{r['batch_ms_per_example']:.4f} |" for r in rows]
     text = "\n".join(lines)
     print("\n" + text + f"\n\nload average {load:.1f}")
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump({"date": date, "load_average_1m": load, "tensorflow": tf.__version__,
-                   "batch_size": args.batch_size, "rows": rows}, f, indent=1)
-    if args.results_md:
-        with open(args.results_md, "a") as f:
-            f.write(f"\n## Serving latency ({date})\n"
-                    f"`benchmarks/serving_latency.py`: the exported `serving_default` signature "
-                    f"(serialized raw tf.Examples, Transform inside), {args.requests} 1-example "
-                    f"requests and {args.batches} requests of {args.batch_size}, in-process "
-                    f"(no RPC), {os.cpu_count()} cores, TF {tf.__version__}. Load average "
-                    f"{load:.1f}: the machine was shared with other jobs. Targets: HiNet "
-                    f"<= 0.05 ms/example at 256, 1-example p99 < 5 ms.\n\n{text}\n")
-
+    reporting.save_json(args.output_json, {"date": date, "machine": machine,
+                                        "load_average_1m": load, "batch_size": args.batch_size,
+                                        "rows": rows})
+    reporting.append_section(
+        args.results_md, "Serving latency",
+        f"`benchmarks/serving_latency.py`: the exported `serving_default` signature (serialized "
+        f"raw tf.Examples, Transform inside), {args.requests} 1-example requests and "
+        f"{args.batches} requests of {args.batch_size}, in-process (no RPC), on "
+        f"{reporting.machine_line(machine)}. Load average {load:.1f}: the machine was shared with "
+        f"other jobs. Targets: HiNet <= 0.05 ms/example at 256, 1-example p99 < 5 ms.\n\n"
+        f"{text}", date)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ convert tf_keras' own code (``models/autograph.py`` adds the rule that leaves it
 """
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -119,22 +118,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     text = "\n".join(lines)
     print(text)
 
-    import tensorflow as tf
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = os.getloadavg()[0]
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump({"date": date, "run_dir": run_dir, "repeats": args.repeats, "rows": rows,
-                   "medians": summary, "load_average_1m": load,
-                   "tensorflow": tf.__version__}, f, indent=1)
-    if args.results_md:
-        with open(args.results_md, "a") as f:
-            f.write(f"\n## Startup time ({date})\n"
-                    f"`benchmarks/startup_time.py` on `{os.path.basename(run_dir)}`: one fresh "
-                    f"process per measurement, medians of {args.repeats} alternating "
-                    f"processes per row, {os.cpu_count()} cores, TF {tf.__version__}. Load "
-                    f"average {load:.1f} at the end.\n\n{text}\n")
-
+    sys.path.insert(0, HERE)
+    import reporting
+    machine = reporting.machine()
+    reporting.save_json(args.output_json, {
+        "date": machine["date"], "machine": machine, "run_dir": run_dir,
+        "repeats": args.repeats, "rows": rows, "medians": summary})
+    reporting.append_section(
+        args.results_md, "Startup time",
+        f"`benchmarks/startup_time.py` on `{os.path.basename(run_dir)}`: one fresh process per "
+        f"measurement, medians of {args.repeats} alternating processes per row, on "
+        f"{reporting.machine_line(machine)}. Load average {machine['load_average_1m']:.1f} at "
+        f"the end.\n\n{text}", machine["date"])
 
 if __name__ == "__main__":
     main()

@@ -59,10 +59,8 @@ Prints a table and writes ``benchmarks/results/train_throughput.json`` and a sec
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -77,7 +75,9 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
+import reporting  # noqa: E402
 from pipeline.specs import TRAINING_DEFAULTS  # noqa: E402 (no TensorFlow import)
 
 TORCH_PYTHON = os.path.join(HERE, ".venv-torch", "bin", "python")
@@ -305,7 +305,6 @@ class OursRunner:
     def __init__(self, architecture: str, num_scenarios: int, data, batch_size: int,
                  warmup: int, policy: str = "float32", strategy=None,
                  every_scenario: bool = False, **compile_options):
-        import tf_keras as keras
         self.architecture, self.num_scenarios, self.policy = architecture, num_scenarios, policy
         self.batch_size, self.options = batch_size, compile_options
         self.spe = compile_options.get("steps_per_execution", 1)
@@ -435,23 +434,6 @@ def run_interleaved(runners, rounds: int, steps: int, batch_size: int, torch_run
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> Dict:
-    import tensorflow as tf
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines()
-                     if line.startswith("model name"))
-        flags = "AVX-512" if "avx512f" in info else ("AVX2" if "avx2" in info else "")
-    except (OSError, StopIteration):
-        model = platform.processor()
-    load = os.getloadavg()
-    return {"cpu": model, "isa": flags, "cores": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "load_average_1m": round(load[0], 2),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def table(rows: List[Dict], roofline: Dict) -> str:
     """The results table; each row's % is of the GEMM roofline in its own precision (the
     bfloat16 GEMM for ``mixed_bfloat16`` rows, where it was measured)."""
@@ -520,7 +502,6 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="append a section here ('' to skip)")
     args = parser.parse_args(argv)
 
-    import tensorflow as tf
     configure_threads(args.threads, args.inter_op_threads)
     strategy = None
     if args.logical_devices and args.strategy != "mirrored":
@@ -577,7 +558,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         finally:
             if torch_runner is not None:
                 torch_runner.close()
-    info = machine()
+    info = reporting.machine()
     info["load_average_1m_start"] = round(load_start[0], 2)
     info["gemm_roofline"] = roofline_info
     info["devices"] = (list(strategy.extended.worker_devices) if strategy is not None
@@ -596,25 +577,20 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"the start, {info['load_average_1m']} at the end\n")
     print(text)
 
-    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump({"machine": info, "args": vars(args), "rows": rows}, f, indent=1)
-    if args.results_md:
-        torch_note = (f"torch {info['torch']['torch']}, torch-rechub {info['torch']['torch-rechub']}"
-                      if "torch" in info else "torch side not run")
-        with open(args.results_md, "a") as f:
-            f.write(f"\n## Training throughput ({info['date']})\n"
-                    f"`benchmarks/train_throughput.py {' '.join(argv or sys.argv[1:])}` on "
-                    f"{info['cpu']} ({info['cores']} cores, {info['isa']}), TF {info['tensorflow']}, "
-                    f"{torch_note}; {args.threads or 'default'} intra-op threads on both sides. "
-                    f"Batch {args.batch_size}, Adam, data in memory; {args.rounds} interleaved "
-                    f"rounds of {args.steps} steps per model after {args.warmup} warm-up steps, "
-                    f"median of the rounds. GEMM roofline {roofline:.0f} GFLOP/s (4096^3 fp32 "
-                    f"matmul in TF, once per round, median{other_gemms.replace(', torch', '; torch')}"
-                    f"). Load average {info['load_average_1m_start']} at the start, "
-                    f"{info['load_average_1m']} at the end: the machine was shared with other "
-                    f"jobs, so absolute figures are noisy; the same-run ratios are the figures "
-                    f"to read. Devices: {info['devices']}.\n\n{text}\n")
+    reporting.save_json(args.output_json, {"machine": info, "args": vars(args), "rows": rows})
+    torch_note = (f"torch {info['torch']['torch']}, torch-rechub {info['torch']['torch-rechub']}"
+                  if "torch" in info else "torch side not run")
+    reporting.append_section(
+        args.results_md, "Training throughput",
+        f"`benchmarks/train_throughput.py {' '.join(argv or sys.argv[1:])}` on "
+        f"{reporting.machine_line(info)}, {torch_note}; {args.threads or 'default'} intra-op "
+        f"threads on both sides. Batch {args.batch_size}, Adam, data in memory; {args.rounds} "
+        f"interleaved rounds of {args.steps} steps per model after {args.warmup} warm-up steps, "
+        f"median of the rounds. GEMM roofline {roofline:.0f} GFLOP/s (4096^3 fp32 matmul in TF, "
+        f"once per round, median{other_gemms.replace(', torch', '; torch')}). Load average "
+        f"{info['load_average_1m_start']} at the start, {info['load_average_1m']} at the end: "
+        f"the machine was shared with other jobs, so absolute figures are noisy; the same-run "
+        f"ratios are the figures to read. Devices: {info['devices']}.\n\n{text}", info["date"])
 
 
 if __name__ == "__main__":
