@@ -22,6 +22,20 @@ SHARED_DATA = os.path.join(specs.REPO_DIR, "..", "shared", "data")
 E2E_ROWS = 6000
 
 
+# Run with pytest-xdist (./run_tests.sh starts 2 workers, --dist loadgroup), every test that
+# needs one of these session fixtures goes to one worker, so each pipeline runs once.
+SHARED_RUN_FIXTURES = ("pipeline_runs", "blessing_runs")
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in SHARED_RUN_FIXTURES:
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(fixture))
+                break
+
+
 def planted_field_batches(vocab, rows=3000, num_scenarios=2, batch=1000, seed=0,
                           unknown_rows=0, effects=(-1.5, -0.5, 0.5, 1.5), silent_cell=None):
     """A selector's ``BatchesFn`` over planted data: field 0 drives task 0, field 1 task 1.
