@@ -1,7 +1,7 @@
 """Reading Transform's output: vocabulary sizes, scenario names, batched datasets."""
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf

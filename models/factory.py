@@ -26,7 +26,7 @@ and ``ScenarioSelect`` (each example's own scenario; outputs ``{task: [batch, 1]
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras

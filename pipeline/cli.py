@@ -63,7 +63,7 @@ def build_config(args) -> "configs.PipelineConfig":
 
 
 def cmd_run(args) -> int:
-    from pipeline import configs, preflight, report
+    from pipeline import preflight, report
     if not args.verbose:
         _capture_stderr(args)
     config = build_config(args)

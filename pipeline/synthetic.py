@@ -134,7 +134,7 @@ import json
 import math
 import numbers
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pandas as pd

@@ -3,7 +3,6 @@
 import gzip
 import os
 
-import pytest
 
 from pipeline import cli
 

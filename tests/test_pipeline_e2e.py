@@ -7,7 +7,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models import features
 from models.training import SCENARIO_KNOWN, SERVING_SIGNATURE, TRANSFORMED_SIGNATURE
 
 COMPONENTS = {"FileBasedExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform",
