@@ -222,7 +222,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         "ratio_real_to_in_memory": ratio, "load_average_1m": load})
     reporting.append_section(
         args.results_md, "Trainer input pipeline",
-        f"`benchmarks/input_throughput.py` on a `msmt run --rows 50000` run, model "
+        f"`benchmarks/input_throughput.py` on the run "
+        f"`{os.path.basename(os.path.abspath(args.run_dir))}`, model "
         f"`{model_spec.name}`, batch {batch_size}, {len(info.field_names)} fields read, on "
         f"{reporting.machine_line(machine)}; {args.steps} steps per round, {args.repeats} "
         f"alternating rounds, medians; steps timed inside `fit`. Load average {load:.1f}: the "
