@@ -83,10 +83,10 @@ def transform(inputs: Dict[str, Any], spec: DatasetSpec) -> Dict[str, tf.Tensor]
         x = tf.stack([tf.cast(_dense(inputs[n], float("nan")), tf.float32) for n in names], axis=1)
         missing = tf.logical_not(tf.math.is_finite(x))
         x = tf.where(missing, tf.fill(tf.shape(x), float("nan")), x)  # Quantiles skip NaN, not inf.
-        ids = tf.where(missing, tf.cast(num_buckets, tf.int64), bucketize_columns(x, num_buckets))
         # Ids 0..num_buckets - 1, and num_buckets for a missing value. One unstack and one
         # pair of bounds per group: per-field slices and constants are traced ~10 times a run.
         lowest, highest = tf.constant(0, tf.int64), tf.constant(num_buckets, tf.int64)
+        ids = tf.where(missing, highest, bucketize_columns(x, num_buckets))
         for name, column in zip(names, tf.unstack(ids, axis=1)):
             outputs[name] = column
             schema_inference.set_tensor_schema_override(column, lowest, highest)
